@@ -1,0 +1,4 @@
+"""Point-cloud transformer backbones, PEFT methods and the ops they share.
+
+Pure PyTorch; knows nothing about files, SLURM or results.
+"""

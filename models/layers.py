@@ -1,0 +1,195 @@
+"""Transformer and point-patch layers shared by the three backbones.
+
+Parameter names follow the official checkpoints (``first_conv.{0,1,3}``, ``norm1``,
+``attn.qkv``, ``mlp.fc1`` ...), so the backbones' state dicts load official files as they are.
+Written with torch alone: no timm (it pulls torchvision and a CUDA torch).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from models import ops
+
+
+def trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
+    """timm 0.4.5's trunc_normal_(std): N(0, std) truncated at +-2 (absolute, not +-2 std)."""
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0, b=2.0)
+
+
+class DropPath(nn.Module):
+    """Per-sample stochastic depth (timm's): drops the residual branch of whole samples."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+def drop_path_rates(max_rate: float, depth: int) -> list[float]:
+    """Linearly increasing rates over the blocks: linspace(0, max_rate, depth)."""
+    return [float(r) for r in torch.linspace(0, max_rate, depth)]
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU (exact erf form) -> fc2; dropout 0 as in all three backbones."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    qkv has no bias and proj has one, as in the official blocks. ``mask`` is boolean with
+    True = may attend, broadcast over heads: (B, N, N) or (B, 1, N, N).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        if mask is not None and mask.dim() == 3:
+            mask = mask[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 drop_path: float = 0.0):
+        super().__init__()
+        # registration order = official state-dict order: norm1, norm2, mlp, attn
+        self.norm1 = nn.LayerNorm(dim)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of blocks; the positional embedding is re-added before every block."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, drop_path: list[float] | float = 0.0,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = False):
+        super().__init__()
+        rates = drop_path if isinstance(drop_path, list) else [drop_path] * depth
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(depth))
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x + pos, mask)
+        return x
+
+
+class Group(nn.Module):
+    """Patch grouping: FPS centers, kNN neighbourhoods, neighbours relative to their center.
+
+    ``knn="stable"`` is KNN_CUDA's ordering (Point-MAE, Point-M2AE); ``knn="point_bert"`` is
+    Point-BERT's expansion-distance topk. Returns (neighborhood (B,G,K,3), center (B,G,3),
+    idx (B,G,K) into the input points).
+    """
+
+    def __init__(self, num_group: int, group_size: int, knn: str = "stable"):
+        super().__init__()
+        if knn not in ("stable", "point_bert"):
+            raise ValueError(f"unknown kNN flavour {knn!r}: expected 'stable' or 'point_bert'")
+        self.num_group = num_group
+        self.group_size = group_size
+        self.knn = knn
+
+    def neighbours(self, xyz: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+        if self.knn == "stable":
+            return ops.knn(xyz, center, self.group_size)[1]
+        return ops.knn_point(self.group_size, xyz, center)
+
+    def forward(self, xyz: torch.Tensor):
+        center = ops.fps(xyz, self.num_group)
+        idx = self.neighbours(xyz, center)
+        neighborhood = ops.gather_points(xyz, idx) - center[:, :, None]
+        return neighborhood, center, idx
+
+    def extra_repr(self) -> str:
+        return f"num_group={self.num_group}, group_size={self.group_size}, knn={self.knn!r}"
+
+
+class MiniPointNet(nn.Module):
+    """The patch encoder: shared point MLP, max-pool, [global, local] concat, MLP, max-pool.
+
+    Point-MAE / Point-BERT ``Encoder`` is MiniPointNet(3, 128, 256, 512, E); Point-M2AE's
+    token-merging levels use MiniPointNet(c, c, c, d, d). Input (B, G, K, C_in) -> (B, G, out).
+    """
+
+    def __init__(self, in_channels: int, hidden1: int, mid: int, hidden2: int, out_channels: int):
+        super().__init__()
+        self.first_conv = nn.Sequential(
+            nn.Conv1d(in_channels, hidden1, 1), nn.BatchNorm1d(hidden1), nn.ReLU(inplace=True),
+            nn.Conv1d(hidden1, mid, 1))
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(2 * mid, hidden2, 1), nn.BatchNorm1d(hidden2), nn.ReLU(inplace=True),
+            nn.Conv1d(hidden2, out_channels, 1))
+        self.out_channels = out_channels
+
+    def forward(self, groups: torch.Tensor) -> torch.Tensor:
+        b, g, k, c = groups.shape
+        feat = self.first_conv(groups.reshape(b * g, k, c).transpose(1, 2))  # (BG, mid, K)
+        glob = feat.max(dim=2, keepdim=True).values
+        feat = torch.cat([glob.expand(-1, -1, k), feat], dim=1)
+        feat = self.second_conv(feat).max(dim=2).values
+        return feat.view(b, g, self.out_channels)
+
+
+def point_encoder(out_channels: int) -> MiniPointNet:
+    """Point-MAE / Point-BERT patch encoder for xyz patches (3 -> 128 -> 256, 512 -> 512 -> E)."""
+    return MiniPointNet(3, 128, 256, 512, out_channels)
+
+
+def pos_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Positional embedding MLP Linear -> GELU -> Linear (keys ``.0`` and ``.2``)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+
+def mlp_head(in_dim: int, num_classes: int, batch_norm: bool = True, dropout: float = 0.5,
+             hidden: int = 256) -> nn.Sequential:
+    """The classification head.
+
+    With BN (Point-MAE, Point-M2AE): Linear, BN, ReLU, Dropout, Linear, BN, ReLU, Dropout,
+    Linear (indices 0/1/4/5/8). Without (Point-BERT): Linear, ReLU, Dropout, Linear (0/3).
+    """
+    if not batch_norm:
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                             nn.Linear(hidden, num_classes))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes))

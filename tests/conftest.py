@@ -1,0 +1,44 @@
+"""Shared test helpers: repo paths and the official state-dict reference lists."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+REFERENCE = Path(__file__).resolve().parent / "reference"
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def parse_state_dict_list(name: str, section: str) -> dict[str, tuple[list[int], str, str]]:
+    """Entries of one section ('A' Scan, 'B' ModelNet40 differences, 'C' pre-train) of a list file.
+
+    Returns key -> (shape, dtype, kind); for 'C' kind is replaced by the fate column; 'B'
+    rows carry only the shape (dtype and kind are those of section A).
+    """
+    out, current = {}, None
+    for line in (REFERENCE / name).read_text().splitlines():
+        if line.startswith("## ") and line[3:5] in ("A.", "B.", "C."):
+            current = line[3]
+            continue
+        if current != section or not line or line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        shape = [int(s) for s in cols[1].strip("[]").split(",") if s.strip()]
+        if section == "B":  # "key, shape, (A: old shape)": dtype and kind as in section A
+            out[cols[0]] = (shape, None, None)
+            continue
+        out[cols[0]] = (shape, cols[2], cols[4] if section == "C" else cols[3])
+    return out
+
+
+@pytest.fixture
+def reference_list():
+    return parse_state_dict_list
