@@ -1,0 +1,238 @@
+"""Experiment files -> run specs: expand the axes, apply rules, resolve configs, name runs.
+
+An experiment file (``experiments/*.yaml``) names a base run config and the axes of the matrix::
+
+    name: paper
+    base: recipes/official.yaml          # a run config (with _base_ inheritance), relative path
+    axes:                                # the cartesian product of these values
+      backbone: [point_bert, point_mae, point_m2ae]
+      method: [full, point_peft]
+      dataset: [scanobjectnn_pb_t50_rs, modelnet40]
+      variant: [plain, aug]
+      seed: [0, 1, 2]
+    variants:                            # what each variant value sets
+      plain: {}
+      aug: {train.augmentation: aug_rotate_y}
+    rules:                               # settings for the cells that match, applied in order
+      - when: {backbone: point_m2ae, dataset: modelnet40}
+        set: {train.label_smoothing: 0.3}
+    exclude:                             # cells that do not exist
+      - {dataset: modelnet40, variant: aug}
+
+Every cell becomes a fully resolved run config; its ``run_id`` is derived from the config hash,
+so the same cell always maps to the same run directory and re-submitting is idempotent.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import config as run_config
+from models.errors import ConfigError
+
+# axis name -> dotted key of the run config it sets (variant sets what `variants` says)
+AXIS_KEYS = {"backbone": "model.backbone", "method": "model.method", "dataset": "data.dataset",
+             "seed": "train.seed", "variant": None}
+TOP_KEYS = {"name", "description", "base", "axes", "variants", "rules", "exclude", "set"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the matrix: its coordinates, resolved config and run id."""
+
+    run_id: str
+    experiment: str
+    cell: dict[str, Any]
+    config: dict[str, Any]
+
+    def as_job(self) -> dict[str, Any]:
+        """The picklable payload a job receives (plain data only)."""
+        return {"run_id": self.run_id, "experiment": self.experiment, "cell": dict(self.cell),
+                "config": self.config}
+
+
+def _error(path: Path, msg: str) -> ConfigError:
+    return ConfigError(f"{path}: {msg}")
+
+
+def load_experiment(path: str | Path) -> dict[str, Any]:
+    """Read and validate an experiment file; every error names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} not found (see experiments/*.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise _error(path, f"malformed YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise _error(path, "expected a mapping with keys name, base, axes, ...")
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise _error(path, f"unknown key(s) {unknown}; valid: {', '.join(sorted(TOP_KEYS))}")
+    for key in ("name", "base", "axes"):
+        if key not in data:
+            raise _error(path, f"missing required key '{key}'")
+    axes = data["axes"]
+    if not isinstance(axes, dict) or not axes:
+        raise _error(path, "'axes' must map axis names to lists of values")
+    for axis, values in axes.items():
+        if axis not in AXIS_KEYS:
+            raise _error(path, f"unknown axis 'axes.{axis}'; valid: {', '.join(AXIS_KEYS)}")
+        if not isinstance(values, list) or not values:
+            raise _error(path, f"'axes.{axis}' must be a non-empty list")
+    variants = data.get("variants") or {}
+    for value in axes.get("variant", []):
+        if value not in variants:
+            raise _error(path, f"variant '{value}' in axes.variant has no entry under 'variants'")
+    for i, rule in enumerate(data.get("rules") or []):
+        if not isinstance(rule, dict) or set(rule) != {"when", "set"}:
+            raise _error(path, f"rules[{i}] must have exactly the keys 'when' and 'set'")
+        _check_cell_keys(path, f"rules[{i}].when", rule["when"], axes)
+    for i, cell in enumerate(data.get("exclude") or []):
+        _check_cell_keys(path, f"exclude[{i}]", cell, axes)
+    data["_path"] = path
+    return data
+
+
+def _check_cell_keys(path: Path, where: str, cell: Any, axes: dict) -> None:
+    if not isinstance(cell, dict):
+        raise _error(path, f"{where} must map axis names to values")
+    for axis, value in cell.items():
+        if axis not in axes:
+            raise _error(path, f"{where}.{axis}: not an axis of this experiment ({', '.join(axes)})")
+        values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if v not in axes[axis]]
+        if bad:
+            raise _error(path, f"{where}.{axis}: value(s) {bad} are not in axes.{axis} {axes[axis]}")
+
+
+def _matches(cell: dict, pattern: dict) -> bool:
+    return all(cell[k] in (v if isinstance(v, list) else [v]) for k, v in pattern.items())
+
+
+def parse_filters(only: list[str] | None, seeds: str | None) -> dict[str, list[str]]:
+    """``--only backbone=point_mae,dataset=pb`` and ``--seeds 0-4`` -> {axis: [values]}."""
+    filters: dict[str, list[str]] = {}
+    for item in only or []:
+        for part in filter(None, (p.strip() for p in item.split(","))):
+            if "=" not in part:
+                raise ConfigError(f"--only expects AXIS=VALUE[,AXIS=VALUE...], got {part!r}")
+            axis, value = (s.strip() for s in part.split("=", 1))
+            if axis not in AXIS_KEYS:
+                raise ConfigError(f"--only: unknown axis {axis!r}; valid: {', '.join(AXIS_KEYS)}")
+            filters.setdefault(axis, []).append(value)
+    if seeds:
+        out = []
+        for part in seeds.split(","):
+            lo, _, hi = part.partition("-")
+            try:
+                out += [str(s) for s in range(int(lo), int(hi or lo) + 1)]
+            except ValueError:
+                raise ConfigError(f"--seeds expects ranges like 0-4 or 0,2,5, got {seeds!r}") from None
+        filters["seed"] = out
+    return filters
+
+
+def expand(path: str | Path, filters: dict[str, list[str]] | None = None,
+           runs_dir: str | Path | None = None) -> list[RunSpec]:
+    """All run specs of an experiment (optionally filtered), in axis order."""
+    exp = load_experiment(path)
+    path = exp["_path"]
+    axes: dict[str, list] = exp["axes"]
+    for axis, wanted in (filters or {}).items():
+        if axis not in axes:
+            raise ConfigError(f"filter on axis {axis!r}, which {path} does not have ({', '.join(axes)})")
+        valid = {str(v) for v in axes[axis]}
+        bad = sorted(set(wanted) - valid)
+        if bad:
+            raise ConfigError(f"filter {axis}={','.join(bad)}: not in {path} axes.{axis} {axes[axis]}")
+    base = run_config.load_yaml(path.parent / exp["base"])
+    specs = []
+    names = list(axes)
+    for values in itertools.product(*(axes[a] for a in names)):
+        cell = dict(zip(names, values))
+        if any(_matches(cell, ex) for ex in exp.get("exclude") or []):
+            continue
+        if filters and not all(str(cell[a]) in w for a, w in filters.items()):
+            continue
+        overrides: dict[str, Any] = dict(exp.get("set") or {})
+        for axis, value in cell.items():
+            if AXIS_KEYS[axis]:
+                overrides[AXIS_KEYS[axis]] = value
+        if "variant" in cell:
+            overrides.update(exp["variants"][cell["variant"]] or {})
+        for rule in exp.get("rules") or []:
+            if _matches(cell, rule["when"]):
+                overrides.update(rule["set"])
+        if runs_dir is not None:
+            overrides["output.runs_dir"] = str(runs_dir)
+        overrides["experiment"] = exp["name"]
+        overrides["variant"] = cell.get("variant", "")
+        cfg = run_config.resolve(base, overrides, source=str(path))
+        specs.append(RunSpec(run_config.run_id(cfg), exp["name"], cell, run_config.to_dict(cfg)))
+    return specs
+
+
+# ----------------------------------------------------------------------------- run states
+
+def run_path(spec: RunSpec) -> Path:
+    return run_config.resolve_path(spec.config["output"]["runs_dir"]) / spec.run_id
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def epochs_logged(rdir: Path) -> int:
+    """Epochs with a row in metrics.csv (0 when the run has not finished one)."""
+    try:
+        return max(0, len((rdir / "metrics.csv").read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where one run stands: from its record, its checkpoint and its last submitted job."""
+
+    state: str            # done | failed | running | pending | resumable | not started
+    detail: str = ""
+    job: dict | None = None
+
+    @property
+    def needs_submission(self) -> bool:
+        return self.state in ("failed", "resumable", "not started")
+
+
+def run_state(spec: RunSpec, scheduler_state=None) -> RunState:
+    """Classify a run; ``scheduler_state(job_info) -> str`` asks the scheduler about its job."""
+    rdir = run_path(spec)
+    record = read_json(rdir / "result.json")
+    job = read_json(rdir / "job.json")
+    epochs = spec.config["schedule"]["epochs"]
+    progress = f"epoch {epochs_logged(rdir)}/{epochs}"
+    if record and record.get("status") == "done" and record.get("config_hash") == run_config.config_hash(
+            run_config.config_from_dict(spec.config)):
+        return RunState("done", f"{record.get('wall_time_s', 0):.0f} s", job)
+    sched = scheduler_state(job) if (job and scheduler_state) else None
+    if sched in ("PENDING", "REQUEUED", "CONFIGURING"):
+        return RunState("pending", f"job {job['job_id']}", job)
+    if sched in ("RUNNING", "COMPLETING"):
+        return RunState("running", f"job {job['job_id']}, {progress}", job)
+    if record and record.get("status") == "failed":
+        err = record.get("error") or {}
+        first = (str(err.get("message", "")).splitlines() or [""])[0]
+        return RunState("failed", f"{err.get('type', 'error')}: {first}"[:160], job)
+    if sched and sched not in ("COMPLETED", "UNKNOWN", "FINISHED"):
+        return RunState("failed", f"scheduler: {sched} (job {job['job_id']}), {progress}", job)
+    if (rdir / "checkpoint.pt").is_file():
+        return RunState("resumable", progress, job)
+    return RunState("not started", "", job)
