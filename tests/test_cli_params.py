@@ -21,7 +21,7 @@ def test_params_table_shows_measured_and_paper_figures():
 
 
 def test_params_json_has_counts():
-    out = run_cli("params", "--backbone", "point_mae", "--dataset", "modelnet40", "--format", "json")
+    out = run_cli("params", "--backbone", "point_mae", "--method", "full", "--dataset", "modelnet40", "--format", "json")
     rows = json.loads(out.stdout)
     assert rows == [{"backbone": "point_mae", "method": "full", "dataset": "modelnet40", "total": 22_099_752,
                      "trainable": 22_099_752, "with_grad": 22_099_752, "trainable_M": 22.1,
