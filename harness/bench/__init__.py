@@ -1,0 +1,114 @@
+"""``run_all.py bench``: speed and memory of the ops, the models and the tooling (issue 9).
+
+Three parts, each selectable with ``--only``:
+
+* ``ops`` (``ops_cases``): our FPS / kNN vs fpsample, torch_cluster, pytorch3d (CPU) or
+  pointnet2_ops, knn_cuda (CUDA), median seconds and ours/theirs;
+* ``models`` (``model_cases``): training and eval samples/s and peak memory of every registered
+  backbone x method, one fresh process per case (``python -m harness.bench --one SPEC``);
+* ``tooling`` (``tooling_cases``): expanding + dry-run submitting 1,000 runs, and building the
+  tables from 10,000 result records.
+
+``run_bench`` returns the report (a plain dict, schema in ``results/bench/README.md``);
+``report.build_targets`` scores it against the issue's targets and ``write_outputs`` writes
+``<out>/<device>-<date>[-quick].json`` and ``.md`` and the README block between
+``<!-- bench:<device>:start -->`` and ``<!-- bench:<device>:end -->``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from harness.bench.common import (PARTS, SCHEMA_VERSION, BenchSetupError, check_device, device_name,
+                                  git_commit)
+from harness.bench.report import (MarkersMissing, build_targets, inject_block, output_paths, readme_markers,
+                                  render_markdown, to_json, validate_report)
+
+__all__ = ["run_bench", "write_outputs", "BenchSetupError", "PARTS", "validate_report", "render_markdown"]
+
+
+def run_bench(device: str = "cpu", quick: bool = False, only=PARTS, log=print, backbones=None,
+              methods=None, command: str | None = None, threads: int | None = None) -> dict:
+    """Measure the selected parts on ``device`` and return the report with its targets.
+
+    ``threads``: torch intra-op threads for every measurement (default: torch's default).
+    """
+    import torch
+
+    check_device(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    only = tuple(p for p in PARTS if p in set(only))
+    from harness.bench import model_cases, ops_cases, tooling_cases
+
+    started = time.perf_counter()
+    report = {
+        "schema": SCHEMA_VERSION, "device": device, "device_name": device_name(device),
+        "date": _dt.date.today().isoformat(), "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "quick": bool(quick), "parts": list(only), "git_commit": git_commit(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "command": command, "model_batch": None,
+        "ops": [], "models": [], "tooling": [], "targets": [],
+    }
+    if "ops" in only:
+        report["ops"] = ops_cases.run_ops(device, quick, log=log)
+    if "models" in only:
+        report["models"] = model_cases.run_models(device, quick, log=log, backbones=backbones, methods=methods,
+                                                  threads=torch.get_num_threads())
+        batches = sorted({e["batch"] for e in report["models"] if "batch" in e})
+        report["model_batch"] = batches[0] if len(batches) == 1 else (batches or None)
+    if "tooling" in only:
+        report["tooling"] = tooling_cases.run_tooling(quick, log=log)
+    report["targets"] = build_targets(report)
+    report["wall_s"] = time.perf_counter() - started
+    problems = validate_report(report)
+    if problems:  # a bug in the bench itself, not in what it measured
+        raise AssertionError("bench report does not match its schema: " + "; ".join(problems))
+    return report
+
+
+def write_outputs(report: dict, out_dir: Path, readme: Path | None) -> dict:
+    """Write the JSON and markdown files and (when asked and marked) the README block.
+
+    Returns {"json": path, "markdown": path, "readme": path or None, "readme_note": str}.
+    A README without this device's markers is reported, not an error.
+    """
+    from harness.results import write_bytes_atomic
+
+    json_path, md_path = output_paths(Path(out_dir), report)
+    markdown = render_markdown(report)
+    write_bytes_atomic(json_path, to_json(report))
+    write_bytes_atomic(md_path, markdown.encode())
+    done = {"json": json_path, "markdown": md_path, "readme": None, "readme_note": "README not requested"}
+    if readme is not None:
+        start, end = readme_markers(report["device"])
+        try:
+            current = Path(readme).read_bytes()
+            updated = inject_block(current, render_markdown(report, level=3), start, end, str(readme))
+        except FileNotFoundError:
+            done["readme_note"] = f"note: README {readme} not found; README not updated"
+        except MarkersMissing as err:
+            done["readme_note"] = (f"note: {err}; README not updated (add the two marker lines where the "
+                                   f"{report['device']} bench table should go)")
+        else:
+            if updated != current:
+                write_bytes_atomic(readme, updated)
+            done["readme"] = Path(readme)
+            done["readme_note"] = f"updated the {report['device']} bench block in {readme}"
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.bench --one SPEC`` (one model measurement, used by the models part)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--one":
+        from harness.bench.model_cases import child_main
+        return child_main(argv[1])
+    print("usage: python -m harness.bench --one JSON_SPEC   (internal; use `python run_all.py bench`)",
+          file=sys.stderr)
+    return 2

@@ -1,0 +1,136 @@
+"""Shared pieces of the bench: timing, peak memory, environment facts, entry helpers."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_VERSION = 1
+DEVICES = ("cpu", "cuda")
+PARTS = ("ops", "models", "tooling")
+STATUSES = ("pass", "fail", "not-measured")  # of a target
+ENTRY_STATUSES = ("ok", "skipped", "error")  # of a measurement
+
+
+class BenchSetupError(RuntimeError):
+    """The bench cannot run as asked (e.g. --device cuda without a GPU)."""
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1, device: str = "cpu") -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+# ------------------------------------------------------------------ CPU memory (Linux /proc)
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakRSS:
+    """Peak resident-set increase of this process from ``start()`` on, in bytes.
+
+    The baseline is the RSS at ``start()``, with the kernel's high-water mark reset to it when
+    /proc/self/clear_refs is writable; otherwise the high-water mark so far (an underestimate
+    when setup peaked higher than the steps). ``method`` says which was used.
+    """
+
+    def start(self) -> "PeakRSS":
+        if reset_peak_rss():
+            self.base_kib, self.method = _status_kib("VmRSS"), "VmHWM - VmRSS at start (HWM reset)"
+        else:
+            self.base_kib, self.method = _status_kib("VmHWM"), "VmHWM after - VmHWM before"
+        if self.base_kib is None:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS)
+            import resource
+            scale = 1 if sys.platform == "darwin" else 1024
+            self._ru = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            self.base_bytes, self.method = self._ru(), "ru_maxrss after - before"
+        return self
+
+    def peak_increase(self) -> int:
+        if self.base_kib is None:
+            return int(self._ru() - self.base_bytes)
+        return int((_status_kib("VmHWM") - self.base_kib) * 1024)
+
+
+# ------------------------------------------------------------------ environment
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} logical CPUs)"
+
+
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise BenchSetupError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchSetupError("--device cuda asked, but torch sees no CUDA device "
+                              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+
+
+def git_commit() -> str | None:
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def short_error(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

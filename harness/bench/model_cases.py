@@ -1,0 +1,253 @@
+"""Bench part ``models``: training and eval throughput and peak memory per backbone x method.
+
+Every registered backbone (``models.classifier.BACKBONES``) x registered method (``METHODS``)
+is measured in a fresh Python process (``python -m harness.bench --one SPEC``), so the peak
+memory of one case is not hidden by what an earlier case left allocated:
+
+* training step = zero_grad + forward + cross-entropy + backward + AdamW step over the
+  parameters that require grad (the official-speed note's definition); median over the timed
+  steps after the warm-up; samples/s = batch / median step time;
+* eval = forward in eval mode under no_grad; same statistics;
+* peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (absolute, and the increase over
+  what was allocated before the steps); on the CPU the peak resident-set increase over the
+  steps (VmHWM reset to VmRSS before them, read after). Eval runs first, then training, from
+  the same baseline, so the training figure is the peak over the whole measurement.
+
+Inputs are random: points uniform in [-1, 1]^3, 15 classes, the ScanObjectNN family's official
+geometry (Point-MAE / Point-M2AE: 2048 points; Point-BERT: its official 1024-point preset).
+PEFT models with a memory bank get a random L2-normalised bank of PB_T50_RS's size.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+from harness.bench.common import ROOT, short_error
+
+FAMILY = "scan"
+NUM_CLASSES = 15
+BANK_COLUMNS = 11416  # ScanObjectNN PB_T50_RS training samples = one column each
+QUICK_CPU_BATCH = 4
+RESULT_MARK = "BENCH_RESULT "
+
+# The official implementations on a machine of our kind (shared/notes/official-cpu-speed.md):
+# CPU, 2 threads, float32, batch 32. (s per train step, s per eval forward, peak RSS increase)
+OFFICIAL_CPU = {
+    ("point_mae", "full"): (7.76, 2.53, 3.9e9),
+    ("point_mae", "point_peft"): (22.15, 7.84, 6.3e9),
+    ("point_m2ae", "full"): (28.41, 10.06, 8.2e9),
+    ("point_m2ae", "point_peft"): (64.56, 27.40, 16.8e9),
+    ("point_bert", "full"): (2.54, 0.85, 2.0e9),
+}
+
+
+def model_specs(device: str, quick: bool, backbones=None, methods=None, threads: int | None = None) -> list[dict]:
+    """One spec per case, in registry order (bf16 cases are added on CUDA)."""
+    from models.classifier import BACKBONES, METHODS, default_npoints
+
+    if device == "cuda":
+        batch, warmup, steps, eval_steps = 32, (2 if quick else 5), (3 if quick else 20), (3 if quick else 20)
+        precisions = ("fp32", "bf16")
+    else:  # quick: the whole bench in < 2 minutes on 2 cores
+        batch, warmup, steps, eval_steps = (QUICK_CPU_BATCH, 1, 2, 1) if quick else (32, 1, 3, 3)
+        precisions = ("fp32",)
+    specs = []
+    for backbone in BACKBONES:
+        if backbones and backbone not in backbones:
+            continue
+        for method in METHODS:
+            if methods and method not in methods:
+                continue
+            for precision in precisions:
+                specs.append({"backbone": backbone, "method": method, "family": FAMILY,
+                              "num_classes": NUM_CLASSES, "npoints": default_npoints(backbone, FAMILY),
+                              "batch": batch, "precision": precision, "device": device,
+                              "warmup": warmup, "steps": steps, "eval_warmup": warmup,
+                              "eval_steps": eval_steps, "bank_columns": BANK_COLUMNS, "seed": 0,
+                              "backbone_options": {}, "method_options": {}, "threads": threads})
+    return specs
+
+
+def case_name(spec: dict) -> str:
+    return f"{spec['backbone']} / {spec['method']} ({spec['precision']})"
+
+
+# ------------------------------------------------------------------ child: one measurement
+
+def measure_one(spec: dict) -> dict:
+    """Run one case in this process and return its measured values (plain data)."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from harness.bench.common import PeakRSS, sync
+    from harness.params import count_params
+    from models.classifier import build_model
+
+    device = spec["device"]
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(spec["seed"])
+    model = build_model(spec["backbone"], spec["num_classes"], method=spec["method"], family=spec["family"],
+                        method_options=spec.get("method_options") or None, **spec.get("backbone_options", {}))
+    counts = count_params(model)
+    notes = []
+    if hasattr(model, "set_memory_bank"):
+        dim = int(getattr(model, "query_dim"))
+        bank = F.normalize(torch.randn(dim, spec["bank_columns"]), dim=0)
+        model.set_memory_bank(bank)
+        notes.append(f"random memory bank ({dim} x {spec['bank_columns']})")
+    model.to(device)
+    gen = torch.Generator().manual_seed(spec["seed"] + 1)
+    b, n = spec["batch"], spec["npoints"]
+    pts = (torch.rand(b, n, 3, generator=gen) * 2 - 1).to(device)
+    labels = torch.randint(0, spec["num_classes"], (b,), generator=gen).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05)
+    amp = spec["precision"] == "bf16"
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp)
+
+    def eval_step():
+        with torch.no_grad(), autocast():
+            model(pts)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(model(pts).float(), labels)
+        loss.backward()
+        opt.step()
+
+    def timed(fn, warmup, steps):
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        out = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    if device == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        model.eval()
+        eval_times = timed(eval_step, spec["eval_warmup"], spec["eval_steps"])
+        eval_peak = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        model.train()
+        train_times = timed(train_step, spec["warmup"], spec["steps"])
+        train_peak = torch.cuda.max_memory_allocated()
+        memory = {"peak_train_memory_bytes": train_peak - base, "peak_eval_memory_bytes": eval_peak - base,
+                  "peak_train_memory_abs_bytes": train_peak, "peak_eval_memory_abs_bytes": eval_peak}
+        method = "torch.cuda.max_memory_allocated minus allocated before the steps (abs = including weights)"
+    else:
+        rss = PeakRSS().start()
+        model.eval()
+        eval_times = timed(eval_step, spec["eval_warmup"], spec["eval_steps"])
+        eval_peak = rss.peak_increase()
+        model.train()
+        train_times = timed(train_step, spec["warmup"], spec["steps"])
+        memory = {"peak_train_memory_bytes": rss.peak_increase(), "peak_eval_memory_bytes": eval_peak}
+        method = f"peak RSS increase over the steps ({rss.method})"
+    train_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
+    return {"train_step_s": train_s, "eval_step_s": eval_s,
+            "train_samples_per_s": b / train_s, "eval_samples_per_s": b / eval_s,
+            "train_times": train_times, "eval_times": eval_times, **memory,
+            "memory_method": method, "trainable_params": counts.trainable, "total_params": counts.total,
+            "threads": torch.get_num_threads(), "notes": notes}
+
+
+def child_main(spec_json: str) -> int:
+    """Entry of ``python -m harness.bench --one SPEC``: print one result line."""
+    spec = json.loads(spec_json)
+    result = measure_one(spec)
+    sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+# ------------------------------------------------------------------ parent
+
+UNITS = {"train_samples_per_s": "samples/s", "eval_samples_per_s": "samples/s", "train_step_s": "s",
+         "eval_step_s": "s", "peak_train_memory_bytes": "bytes", "peak_eval_memory_bytes": "bytes",
+         "peak_train_memory_abs_bytes": "bytes", "peak_eval_memory_abs_bytes": "bytes",
+         "trainable_params": "count", "total_params": "count"}
+
+
+def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall: float | None = None) -> dict:
+    values = {k: result[k] for k in UNITS if result and k in result}
+    entry = {"name": case_name(spec), "backbone": spec["backbone"], "method": spec["method"],
+             "family": spec["family"], "npoints": spec["npoints"], "batch": spec["batch"],
+             "precision": spec["precision"], "status": status,
+             "value": values.get("train_samples_per_s"), "unit": "samples/s",
+             "values": values, "units": {k: UNITS[k] for k in values},
+             "steps": {"warmup": spec["warmup"], "timed": spec["steps"], "eval_warmup": spec["eval_warmup"],
+                       "eval_timed": spec["eval_steps"]},
+             "notes": notes}
+    if result:
+        entry["times"] = {"train": result["train_times"], "eval": result["eval_times"]}
+        entry["memory_method"] = result["memory_method"]
+        entry["threads"] = result["threads"]
+    if wall is not None:
+        entry["process_wall_s"] = wall
+    official = OFFICIAL_CPU.get((spec["backbone"], spec["method"]))
+    if official and spec["device"] == "cpu" and spec["batch"] == 32 and spec["precision"] == "fp32":
+        entry["official_cpu"] = {"train_step_s": official[0], "eval_step_s": official[1],
+                                 "peak_train_memory_bytes": official[2],
+                                 "source": "shared/notes/official-cpu-speed.md (2 threads, batch 32)"}
+    return entry
+
+
+def run_models(device: str, quick: bool, log=print, backbones=None, methods=None,
+               timeout_s: float | None = None, threads: int | None = None) -> list[dict]:
+    """Each case in a fresh process; a failing case becomes an ``error`` entry, not a crash."""
+    try:
+        specs = model_specs(device, quick, backbones, methods, threads)
+    except Exception as err:  # noqa: BLE001 - e.g. a registry that does not import yet
+        return [{"name": "models", "status": "error", "value": None, "unit": "samples/s", "values": {},
+                 "units": {}, "notes": f"error: cannot list the models: {short_error(err)}"}]
+    timeout_s = timeout_s or (600 if quick else 3600)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    entries = []
+    for spec in specs:
+        cmd = [sys.executable, "-m", "harness.bench", "--one", json.dumps(spec)]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            entries.append(_entry(spec, "error", f"error: timed out after {timeout_s:.0f} s"))
+            log(f"models: {case_name(spec)} timed out")
+            continue
+        wall = time.perf_counter() - t0
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+        if proc.returncode != 0 or not lines:
+            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+            entries.append(_entry(spec, "error", f"error: exit {proc.returncode}: {tail[-400:]}", wall=wall))
+            log(f"models: {case_name(spec)} failed: {tail[-200:]}")
+            continue
+        result = json.loads(lines[-1][len(RESULT_MARK):])
+        notes = "; ".join(result["notes"])
+        entries.append(_entry(spec, "ok", notes, result, wall))
+        mem = result["peak_train_memory_bytes"] / 2**30
+        log(f"models: {case_name(spec)} train {result['train_samples_per_s']:.2f} samples/s, "
+            f"eval {result['eval_samples_per_s']:.2f} samples/s, peak train +{mem:.2f} GiB ({wall:.0f} s)")
+    return entries
+
+
+def epoch_seconds(samples_per_s: float | None, samples: int = 11416) -> float | None:
+    """Time of one epoch of ``samples`` at the measured rate (PB_T50_RS train split)."""
+    if not samples_per_s:
+        return None
+    return samples / samples_per_s if math.isfinite(samples_per_s) else None

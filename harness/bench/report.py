@@ -1,0 +1,266 @@
+"""The bench report: targets, JSON checks, markdown tables, README block, output files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.bench.common import ENTRY_STATUSES, PARTS, SCHEMA_VERSION, STATUSES
+from harness.bench.model_cases import epoch_seconds
+from harness.results import MarkersMissing, inject_readme  # noqa: F401 - MarkersMissing re-exported
+
+PEFT_MEMORY_RATIO = 0.5
+FPS_RATIO = 2.0
+KNN_RATIO = 2.0
+MATRIX_SECONDS = 3.0
+TABLES_SECONDS = 2.0
+CUDA_EPOCH_SECONDS = 20.0
+PB_T50_RS_TRAIN = 11416
+
+
+def readme_markers(device: str) -> tuple[str, str]:
+    return f"<!-- bench:{device}:start -->", f"<!-- bench:{device}:end -->"
+
+
+# ------------------------------------------------------------------ targets
+
+def _target(name: str, description: str, value, threshold, unit: str, notes: str = "",
+            measured: bool = True) -> dict:
+    if not measured or value is None:
+        status = "not-measured"
+    else:
+        status = "pass" if value <= threshold else "fail"
+    return {"name": name, "description": description, "value": value, "threshold": threshold,
+            "comparison": "<=", "unit": unit, "status": status, "notes": notes}
+
+
+def _ok(entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e.get("status") == "ok" and e.get("value") is not None]
+
+
+def build_targets(report: dict) -> list[dict]:
+    """Each issue target with its measured value, threshold and pass / fail / not-measured."""
+    device, parts = report["device"], set(report.get("parts", PARTS))
+    targets = []
+
+    # Point-PEFT peak training memory <= 0.5x full fine-tuning, per backbone
+    models = _ok(report["models"])
+    backbones = list(dict.fromkeys(e["backbone"] for e in report["models"] if "backbone" in e))
+    for backbone in backbones or ["(any backbone)"]:
+        full = next((e for e in models if e["backbone"] == backbone and e["method"] == "full"
+                     and e["precision"] == "fp32"), None)
+        peft = next((e for e in models if e["backbone"] == backbone and e["method"] == "point_peft"
+                     and e["precision"] == "fp32"), None)
+        value, notes = None, "models part not run" if "models" not in parts else ""
+        if full and peft:
+            a, b = peft["values"]["peak_train_memory_bytes"], full["values"]["peak_train_memory_bytes"]
+            value = a / b if b > 0 else None
+            notes = (f"Point-PEFT {a / 2**20:,.0f} MiB vs full {b / 2**20:,.0f} MiB peak increase over the "
+                     f"training steps, batch {peft['batch']}, {device}")
+        elif "models" in parts:
+            notes = "needs both full and point_peft measured (method not registered or a case failed)"
+        targets.append(_target(f"peft_memory[{backbone}]",
+                               f"{backbone}: Point-PEFT peak training memory / full fine-tuning",
+                               value, PEFT_MEMORY_RATIO, "x", notes))
+
+    # our FPS within 2x of fpsample; our kNN within 2x of torch_cluster (CPU)
+    ops_ok = _ok(report["ops"])
+    cases = list(dict.fromkeys(e["case"] for e in report["ops"] if "case" in e))
+    for prefix, lib, threshold in (("fps", "fpsample", FPS_RATIO), ("knn", "torch_cluster", KNN_RATIO)):
+        mine = [c for c in cases if c.startswith(prefix)] or [f"{prefix}_*"]
+        for case in mine:
+            ours = next((e for e in ops_ok if e["case"] == case and e["impl"] == "ours"), None)
+            theirs = [e for e in ops_ok if e["case"] == case and e["impl"].startswith(lib)]
+            value, notes = None, ""
+            if device != "cpu":
+                notes = "a CPU target: run with --device cpu"
+            elif "ops" not in parts:
+                notes = "ops part not run"
+            elif not theirs:
+                notes = f"{lib} not installed (or failed): see the ops table"
+            elif ours:
+                best = min(theirs, key=lambda e: e["value"])
+                value = ours["value"] / best["value"]
+                notes = f"ours {ours['value']:.4f} s vs {best['impl']} {best['value']:.4f} s (its fastest exact)"
+            targets.append(_target(f"{case}_vs_{lib}", f"{case}: our time / {lib}'s (CPU)",
+                                   value, threshold, "x", notes))
+
+    # tooling
+    for key, name, desc, threshold in (
+            ("matrix", "matrix_1000_expand_dry_run", "expand + dry-run submit of a 1,000-run matrix",
+             MATRIX_SECONDS),
+            ("tables", "tables_from_10000_records", "tables from 10,000 result records", TABLES_SECONDS)):
+        entry = next((e for e in report["tooling"] if e.get("id") == key), None)
+        value = entry["value"] if entry and entry.get("status") == "ok" else None
+        notes = "tooling part not run" if "tooling" not in parts else (
+            entry["notes"] if entry and value is None else "")
+        targets.append(_target(name, desc, value, threshold, "s", notes))
+
+    # CUDA: a Point-MAE Point-PEFT epoch of PB_T50_RS size with bf16
+    entry = next((e for e in models if e["backbone"] == "point_mae" and e["method"] == "point_peft"
+                  and e["precision"] == "bf16"), None)
+    value, notes = None, ""
+    if device != "cuda":
+        notes = "needs --device cuda"
+    elif entry:
+        value = epoch_seconds(entry["value"], PB_T50_RS_TRAIN)
+        notes = (f"{PB_T50_RS_TRAIN} samples / {entry['value']:.1f} samples/s (measured bf16 step rate, "
+                 f"batch {entry['batch']}, synthetic tensors; data loading excluded)")
+    else:
+        notes = "point_mae / point_peft bf16 not measured"
+    targets.append(_target("cuda_point_peft_epoch_bf16",
+                           "Point-MAE Point-PEFT epoch, PB_T50_RS size (11,416 samples), bf16, CUDA",
+                           value, CUDA_EPOCH_SECONDS, "s", notes))
+    return targets
+
+
+# ------------------------------------------------------------------ validation
+
+TOP_KEYS = {"schema": int, "device": str, "device_name": str, "date": str, "torch": str, "python": str,
+            "threads": int, "quick": bool, "ops": list, "models": list, "tooling": list, "targets": list}
+
+
+def validate_report(report) -> list[str]:
+    """Problems with a report's shape (empty list = valid)."""
+    problems = []
+    if not isinstance(report, dict):
+        return [f"report must be an object, got {type(report).__name__}"]
+    for key, kind in TOP_KEYS.items():
+        if key not in report:
+            problems.append(f"missing top-level key {key!r}")
+        elif not isinstance(report[key], kind) or (kind is int and isinstance(report[key], bool)):
+            problems.append(f"{key!r} must be {kind.__name__}, got {type(report[key]).__name__}")
+    if report.get("schema") != SCHEMA_VERSION:
+        problems.append(f"schema must be {SCHEMA_VERSION}")
+    for part in PARTS:
+        for i, e in enumerate(report.get(part) or []):
+            where = f"{part}[{i}]"
+            if not isinstance(e, dict):
+                problems.append(f"{where} must be an object")
+                continue
+            for key in ("name", "unit", "notes", "status"):
+                if not isinstance(e.get(key), str):
+                    problems.append(f"{where}.{key} must be a string")
+            if "value" not in e and "values" not in e:
+                problems.append(f"{where} has neither value nor values")
+            if e.get("status") not in ENTRY_STATUSES:
+                problems.append(f"{where}.status {e.get('status')!r} not in {ENTRY_STATUSES}")
+            if e.get("status") == "ok" and not isinstance(e.get("value"), (int, float)):
+                problems.append(f"{where}: an ok entry needs a numeric value")
+    for i, t in enumerate(report.get("targets") or []):
+        where = f"targets[{i}]"
+        if not isinstance(t, dict):
+            problems.append(f"{where} must be an object")
+            continue
+        for key in ("name", "value", "threshold", "unit", "status", "notes"):
+            if key not in t:
+                problems.append(f"{where} lacks {key!r}")
+        if t.get("status") not in STATUSES:
+            problems.append(f"{where}.status {t.get('status')!r} not in {STATUSES}")
+        if t.get("status") in ("pass", "fail") and not isinstance(t.get("value"), (int, float)):
+            problems.append(f"{where}: a {t.get('status')} target needs a numeric value")
+    return problems
+
+
+# ------------------------------------------------------------------ markdown
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _mib(value) -> str:
+    return "-" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def _target_value(t: dict) -> str:
+    if t["value"] is None:
+        return "-"
+    return f"{t['value']:.2f} {t['unit']}" if t["unit"] == "x" else f"{t['value']:.3f} {t['unit']}"
+
+
+def render_markdown(report: dict, level: int = 2, command: str | None = None) -> str:
+    h = "#" * level
+    mode = "quick" if report["quick"] else "full"
+    batch = report.get("model_batch")
+    load = report.get("load_average")
+    lines = [
+        f"{h} Bench: {report['device']}, {report['date']} ({mode} mode)",
+        "",
+        f"{report['device_name']}; torch {report['torch']}, Python {report['python']}, "
+        f"{report['threads']} torch threads" + (f"; load average at start {load[0]:.2f}" if load else "")
+        + (f"; git {report['git_commit']}" if report.get("git_commit") else "") + ".",
+        f"Generated by `{command or report.get('command') or 'python run_all.py bench'}`; do not edit by hand.",
+    ]
+    if report["quick"]:
+        lines.append("Quick mode: fewer repeats and a smaller model batch; a smoke test, not a measurement.")
+    parts = [lines[0], "  \n".join(lines[2:])]
+
+    rows = [[t["description"], _target_value(t), f"{t['comparison']} {t['threshold']} {t['unit']}",
+             t["status"], t["notes"]] for t in report["targets"]]
+    parts += [f"{h}# Targets", tabulate(rows, headers=["target", "measured", "threshold", "status", "notes"],
+                                        tablefmt="github", disable_numparse=True)]
+
+    if report["ops"]:
+        reps = max((len(e.get("repeats") or []) for e in report["ops"]), default=0)
+        rows = [[e["name"].split(" [")[0], e["impl"], _num(e["value"], ".4f"),
+                 _num(e.get("ratio_ours_over_this"), ".2f"), e["status"], e["notes"]] for e in report["ops"]]
+        parts += [f"{h}# Ops",
+                  f"Median seconds of {reps} repeats after a warm-up; ours / this > 1 means ours is slower. "
+                  "\"ours\" is the pure-PyTorch path of models/ops.py.",
+                  tabulate(rows, headers=["op", "implementation", "median (s)", "ours / this", "status", "notes"],
+                           tablefmt="github", disable_numparse=True)]
+
+    if report["models"]:
+        official = any("official_cpu" in e for e in report["models"])
+        rows = []
+        for e in report["models"]:
+            v = e.get("values", {})
+            row = [e.get("backbone", e["name"]), e.get("method", ""), e.get("precision", ""), e.get("npoints", ""),
+                   _num(v.get("trainable_params") and v["trainable_params"] / 1e6, ".2f"),
+                   _num(v.get("train_samples_per_s"), ".2f"), _num(v.get("train_step_s"), ".3f"),
+                   _num(v.get("eval_samples_per_s"), ".2f"), _num(v.get("eval_step_s"), ".3f"),
+                   _mib(v.get("peak_train_memory_bytes")), _mib(v.get("peak_eval_memory_bytes"))]
+            if official:
+                o = e.get("official_cpu")
+                row.append(f"{o['train_step_s']:.2f} / {o['eval_step_s']:.2f} / "
+                           f"{o['peak_train_memory_bytes'] / 1e9:.1f} GB" if o else "-")
+            row.append(e["notes"] if e["status"] == "ok" else f"{e['status']}: {e['notes']}")
+            rows.append(row)
+        headers = ["backbone", "method", "precision", "points", "trainable (M)", "train (samples/s)",
+                   "s / train step", "eval (samples/s)", "s / eval step", "peak train mem", "peak eval mem"]
+        if official:
+            headers.append("official s/step train / eval / peak")
+        headers.append("notes")
+        mem = next((e.get("memory_method") for e in report["models"] if e.get("memory_method")), "")
+        parts += [f"{h}# Models",
+                  f"Batch {batch}, random inputs, ScanObjectNN-family geometry, 15 classes. Train step = zero_grad + "
+                  "forward + cross-entropy + backward + AdamW over the trainable parameters; eval = forward "
+                  "in eval mode, no grad; median step time; one fresh process per row. Memory: " + mem + ".",
+                  tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)]
+
+    if report["tooling"]:
+        rows = [[e["name"], _num(e["value"], ".3f"),
+                 ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in e.get("values", {}).items()),
+                 e["status"], e["notes"]] for e in report["tooling"]]
+        parts += [f"{h}# Tooling",
+                  tabulate(rows, headers=["task", "seconds", "details", "status", "notes"],
+                           tablefmt="github", disable_numparse=True)]
+    return "\n\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------ README
+
+def inject_block(readme: bytes, block: str, start: str, end: str, where: str = "README") -> bytes:
+    """The bench block of a README: ``harness.results.inject_readme`` with the bench markers."""
+    return inject_readme(readme, block, where, markers=(start, end))
+
+
+def output_paths(out_dir: Path, report: dict) -> tuple[Path, Path]:
+    stem = f"{report['device']}-{report['date']}" + ("-quick" if report["quick"] else "")
+    return out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+
+
+def to_json(report: dict) -> bytes:
+    return (json.dumps(report, indent=2, allow_nan=False) + "\n").encode()

@@ -1,0 +1,195 @@
+"""Bench part ``tooling``: how fast the harness plans 1,000 runs and tabulates 10,000 results.
+
+* matrix: a temporary experiment file whose axes (every registered backbone x method x the
+  known datasets x seeds, trimmed by ``exclude`` to exactly 1,000 cells) sit on
+  ``experiments/recipes/official.yaml``; timed: what ``run_all.py submit --dry-run`` computes:
+  ``harness.matrix.expand``, ``matrix.run_state`` of every run (which need submitting) and
+  ``harness.launch.sbatch_script`` for the job array (no sbatch call; the table not printed).
+* tables: 10,000 synthetic result records (schema of ``harness.results``; 2% failed, 5% on
+  synthetic data) written to a temporary runs folder (not timed); timed: load_records +
+  collect + collect_failed + summarize + load_reference + render_markdown (what
+  ``run_all.py tables`` computes; plots and file writes are not included). The page cache is
+  warm (the files were just written).
+
+A part whose harness modules are missing or broken is reported as ``skipped: <reason>``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from harness.bench.common import ROOT, median, short_error
+
+MATRIX_RUNS = 1000
+TABLE_RECORDS = 10000
+BASE_RECIPE = ROOT / "experiments" / "recipes" / "official.yaml"
+PROFILE = ROOT / "slurm" / "profiles" / "example-cluster.yaml"
+REFERENCE = ROOT / "results" / "reference" / "paper.csv"
+
+
+def _entry(name: str, status: str, notes: str, value: float | None = None, values: dict | None = None,
+           repeats: list[float] | None = None) -> dict:
+    kind = "matrix" if "matrix" in name else "tables"
+    return {"name": name, "id": kind, "status": status, "value": value, "unit": "s", "values": values or {},
+            "repeats": repeats or [], "notes": notes}
+
+
+def _matrix_yaml(n_runs: int) -> tuple[str, int]:
+    """Experiment YAML text with exactly ``n_runs`` cells, and its cell count."""
+    import yaml
+
+    from harness.catalog import DATASETS
+    from models.classifier import BACKBONES, METHODS
+
+    backbones, methods, datasets = list(BACKBONES), list(METHODS), list(DATASETS)
+    per_seed = len(backbones) * len(methods) * len(datasets)
+    seeds = math.ceil(n_runs / per_seed)
+    extra = seeds * per_seed - n_runs
+    exclude = []
+    for b in backbones:  # drop the last seed of the first `extra` (backbone, method, dataset) cells
+        for m in methods:
+            for d in datasets:
+                if len(exclude) < extra:
+                    exclude.append({"backbone": b, "method": m, "dataset": d, "seed": seeds - 1})
+    doc = {"name": "bench-matrix", "description": f"{n_runs}-run matrix for run_all.py bench",
+           "base": str(BASE_RECIPE),
+           "axes": {"backbone": backbones, "method": methods, "dataset": datasets, "seed": list(range(seeds))},
+           "exclude": exclude}
+    return yaml.safe_dump(doc, sort_keys=False), seeds * per_seed - extra
+
+
+def bench_matrix(repeats: int, n_runs: int | None = None) -> dict:
+    n_runs = n_runs or MATRIX_RUNS
+    name = f"expand + dry-run submit of a {n_runs:,}-run matrix"
+    try:
+        from harness import launch, matrix
+        if not BASE_RECIPE.is_file():
+            return _entry(name, "skipped", f"skipped: {BASE_RECIPE.relative_to(ROOT)} not found")
+        text, cells = _matrix_yaml(n_runs)
+        profile = launch.load_profile(PROFILE)
+    except Exception as err:  # noqa: BLE001 - harness pieces still being written
+        return _entry(name, "skipped", f"skipped: {short_error(err)}")
+    run_state = getattr(matrix, "run_state", None)
+    scheduler = getattr(launch, "scheduler_state", None)
+    times, expand_t, state_t, script_t = [], [], [], []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
+            path = Path(tmp) / "bench-matrix.yaml"
+            path.write_text(text)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                specs = matrix.expand(path, None, runs_dir=Path(tmp) / "runs")
+                t1 = time.perf_counter()
+                todo = specs
+                if run_state is not None:  # what `submit --dry-run` does: which runs need submitting
+                    todo = [s for s in specs if run_state(s, scheduler).needs_submission]
+                t2 = time.perf_counter()
+                script = launch.sbatch_script(profile, Path(tmp) / "submitit", len(todo), job_name="bench-matrix")
+                t3 = time.perf_counter()
+                times.append(t3 - t0)
+                expand_t.append(t1 - t0)
+                state_t.append(t2 - t1)
+                script_t.append(t3 - t2)
+    except Exception as err:  # noqa: BLE001
+        return _entry(name, "skipped", f"skipped: the matrix tooling failed: {short_error(err)}")
+    if len(specs) != n_runs or len({s.run_id for s in specs}) != n_runs:
+        return _entry(name, "error", f"error: expected {n_runs} distinct runs, expand gave {len(specs)} "
+                      f"({len({s.run_id for s in specs})} distinct run ids)")
+    array = "--array" in script or "#SBATCH --array" in script
+    return _entry(name, "ok", f"harness.matrix.expand ({cells} cells: registered backbones x methods x "
+                  f"datasets x seeds on recipes/official.yaml)"
+                  + (" + matrix.run_state of each run" if run_state is not None else "")
+                  + f" + harness.launch.sbatch_script for the array of {len(todo)} "
+                  f"({'has' if array else 'NO'} --array line); no sbatch call, run table not printed; "
+                  f"median of {repeats}",
+                  value=median(times), repeats=times,
+                  values={"expand_s": median(expand_t), "run_state_s": median(state_t),
+                          "sbatch_script_s": median(script_t), "runs": len(specs)})
+
+
+def synthetic_record(i: int, rng: random.Random, fields: tuple) -> dict:
+    """One result record (schema 1 of harness.results) with plausible values."""
+    backbones, methods = ("point_bert", "point_mae", "point_m2ae"), ("full", "point_peft")
+    datasets = ("scanobjectnn_obj_bg", "scanobjectnn_obj_only", "scanobjectnn_pb_t50_rs", "modelnet40")
+    backbone, method, dataset = backbones[i % 3], methods[(i // 3) % 2], datasets[(i // 6) % 4]
+    seed = i // 24
+    failed = rng.random() < 0.02
+    acc = 80 + 10 * rng.random()
+    rec = {"schema": 1, "run_id": f"{backbone}-{method}-{dataset}-s{seed}-{i:010x}",
+           "status": "failed" if failed else "done", "backbone": backbone, "method": method,
+           "dataset": dataset, "variant": "aug" if i % 7 == 0 else "",
+           "data_source": "synthetic" if rng.random() < 0.05 else "official", "seed": seed,
+           "experiment": "bench-tables",
+           "metrics": None if failed else {
+               "acc_last": acc - 1, "acc_best_test": acc, "best_test_epoch": rng.randrange(300),
+               "acc_best_val": None, "best_val_epoch": None,
+               "acc_vote": acc + 0.3 if dataset == "modelnet40" else None},
+           "params": {"total": 22_100_000, "trainable": 22_100_000 if method == "full" else 700_000},
+           "epochs": 301, "wall_time_s": 3600 * rng.random(), "train_samples_per_s": 100 * rng.random(),
+           "peak_memory_bytes": int(4e9 * rng.random()), "device": "cuda", "world_size": 1,
+           "git_commit": "0" * 40, "packages": {"torch": "2.13.0"}, "config": {},
+           "config_hash": f"{i:064x}", "start_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-01T01:00:00Z",
+           "error": {"type": "RuntimeError", "message": "synthetic failure"} if failed else None}
+    for key in fields:  # keep up with schema additions: unknown fields are present as null
+        rec.setdefault(key, None)
+    return rec
+
+
+def bench_tables(repeats: int, n_records: int | None = None) -> dict:
+    n_records = n_records or TABLE_RECORDS
+    name = f"tables from {n_records:,} result records"
+    try:
+        from harness import results
+        fields = tuple(getattr(results, "RECORD_FIELDS", ()))
+    except Exception as err:  # noqa: BLE001
+        return _entry(name, "skipped", f"skipped: {short_error(err)}")
+    rng = random.Random(0)
+    times, stages = [], []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-tables-") as tmp:
+            runs = Path(tmp) / "runs"
+            t_write = time.perf_counter()
+            for i in range(n_records):
+                rec = synthetic_record(i, rng, fields)
+                folder = runs / rec["run_id"]
+                folder.mkdir(parents=True)
+                (folder / "result.json").write_text(json.dumps(rec))
+            t_write = time.perf_counter() - t_write
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                records = results.load_records(runs)
+                t1 = time.perf_counter()
+                failed = results.collect_failed(records)
+                summary = results.summarize(results.collect(records), "best_test", failed)
+                reference = results.load_reference(REFERENCE)
+                t2 = time.perf_counter()
+                text = results.render_markdown(summary, reference, "best_test", failed)
+                t3 = time.perf_counter()
+                times.append(t3 - t0)
+                stages.append((t1 - t0, t2 - t1, t3 - t2))
+    except Exception as err:  # noqa: BLE001
+        return _entry(name, "skipped", f"skipped: the results tooling failed: {short_error(err)}")
+    if len(records) != n_records or "|" not in text:
+        return _entry(name, "error", f"error: loaded {len(records)} of {n_records} records")
+    pick = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
+    return _entry(name, "ok", f"harness.results load_records + collect + collect_failed + summarize + "
+                  f"load_reference + render_markdown; warm page cache; plots and file writes excluded; "
+                  f"median of {repeats}", value=median(times), repeats=times,
+                  values={"load_records_s": stages[pick][0], "collect_summarize_s": stages[pick][1],
+                          "render_markdown_s": stages[pick][2], "records": len(records),
+                          "write_records_untimed_s": t_write})
+
+
+def run_tooling(quick: bool, log=print) -> list[dict]:
+    repeats = 1 if quick else 3
+    entries = []
+    for fn in (bench_matrix, bench_tables):
+        entry = fn(repeats)
+        log(f"tooling: {entry['name']}: " + (f"{entry['value']:.3f} s" if entry["value"] is not None
+                                              else entry["notes"]))
+        entries.append(entry)
+    return entries

@@ -1,0 +1,230 @@
+"""``run_all.py bench``: report schema, targets, markdown, README block; the exact fast FPS.
+
+The bench itself is slow by design, so the CLI test shrinks every case (tiny clouds, a tiny
+two-block Point-MAE, a small matrix and few records) and checks the plumbing; one test runs
+the matrix expansion at its real size (1,000 runs).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from harness.bench import model_cases, ops_cases, report as bench_report, tooling_cases, write_outputs
+from harness.bench import run_bench
+from harness.bench.common import ENTRY_STATUSES, STATUSES
+from harness.cli import bench as bench_cli
+from models import ops
+
+TINY_MAE = {"num_group": 16, "group_size": 16, "trans_dim": 96, "depth": 2, "num_heads": 4, "encoder_dims": 96}
+TINY_PEFT = {"prompt_layers": [0, 1], "cache_layers": [0, 1], "query_num_group": 8, "query_group_size": 16}
+
+
+def tiny_specs(device, quick, backbones=None, methods=None, threads=None):
+    base = {"backbone": "point_mae", "family": "scan", "num_classes": 15, "npoints": 256, "batch": 2,
+            "precision": "fp32", "device": device, "warmup": 1, "steps": 1, "eval_warmup": 0, "eval_steps": 1,
+            "bank_columns": 64, "seed": 0, "backbone_options": TINY_MAE, "threads": threads}
+    return [{**base, "method": "full", "method_options": {}},
+            {**base, "method": "point_peft", "method_options": TINY_PEFT},
+            {**base, "backbone": "no_such_backbone", "method": "full", "method_options": {}}]
+
+
+@pytest.fixture
+def tiny_bench(monkeypatch):
+    monkeypatch.setattr(ops_cases, "FPS_CASES", (("fps_2048_to_128", 2, 300, 16),))
+    monkeypatch.setattr(ops_cases, "KNN_CASES", (("knn_32_of_2048", 2, 300, 16, 8),))
+    monkeypatch.setattr(model_cases, "model_specs", tiny_specs)
+    monkeypatch.setattr(tooling_cases, "MATRIX_RUNS", 30)
+    monkeypatch.setattr(tooling_cases, "TABLE_RECORDS", 200)
+
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser(prog="run_all.py")
+    bench_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def check_schema(rep):
+    assert bench_report.validate_report(rep) == []
+    for key, kind in {"schema": int, "device": str, "device_name": str, "date": str, "torch": str,
+                      "python": str, "threads": int, "quick": bool, "ops": list, "models": list,
+                      "tooling": list, "targets": list}.items():
+        assert isinstance(rep[key], kind), key
+    for part in ("ops", "models", "tooling"):
+        for e in rep[part]:
+            assert {"name", "value", "unit", "notes", "status"} <= set(e)
+            assert e["status"] in ENTRY_STATUSES
+    for t in rep["targets"]:
+        assert {"name", "value", "threshold", "unit", "status", "notes"} <= set(t)
+        assert t["status"] in STATUSES
+
+
+def test_quick_cli_writes_json_markdown_and_readme_block(tiny_bench, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    before, after = "# Project\n\nintro\n<!-- bench:cpu:start -->\n", "<!-- bench:cpu:end -->\n\n## More\n"
+    readme.write_text(before + "old table\n" + after)
+    out = tmp_path / "bench"
+    assert run_cli(["bench", "--quick", "--device", "cpu", "--out", str(out), "--readme", str(readme)]) == 0
+    printed = capsys.readouterr().out
+
+    [json_path] = out.glob("cpu-*-quick.json")
+    [md_path] = out.glob("cpu-*-quick.md")
+    rep = json.loads(json_path.read_text())
+    check_schema(rep)
+    assert rep["schema"] == 1 and rep["device"] == "cpu" and rep["quick"] is True
+    assert json_path.name == f"cpu-{rep['date']}-quick.json"
+
+    # ops: ours measured, missing libraries skipped with a note, never a crash
+    ours = [e for e in rep["ops"] if e["impl"] == "ours"]
+    assert {e["case"] for e in ours} == {"fps_2048_to_128", "knn_32_of_2048"}
+    assert all(e["status"] == "ok" and e["value"] > 0 for e in ours)
+    for e in rep["ops"]:
+        if e["status"] == "skipped":
+            assert e["notes"].startswith("skipped:") and e["value"] is None
+
+    # models: full and point_peft measured in fresh processes, the broken case reported as an error
+    by_method = {(e["backbone"], e["method"]): e for e in rep["models"]}
+    for method in ("full", "point_peft"):
+        e = by_method[("point_mae", method)]
+        assert e["status"] == "ok", e["notes"]
+        assert e["values"]["train_samples_per_s"] > 0 and e["values"]["eval_samples_per_s"] > 0
+        assert e["values"]["peak_train_memory_bytes"] >= 0 and e["batch"] == 2
+    assert by_method[("point_mae", "point_peft")]["notes"].startswith("random memory bank")
+    assert by_method[("no_such_backbone", "full")]["status"] == "error"
+
+    # tooling (shrunk sizes here): measured or skipped with a reason
+    assert {e["id"] for e in rep["tooling"]} == {"matrix", "tables"}
+    for e in rep["tooling"]:
+        assert e["status"] == "ok" or e["notes"].startswith("skipped:"), e["notes"]
+
+    targets = {t["name"]: t for t in rep["targets"]}
+    assert targets["peft_memory[point_mae]"]["status"] in ("pass", "fail")
+    assert targets["cuda_point_peft_epoch_bf16"]["status"] == "not-measured"
+    fps = targets["fps_2048_to_128_vs_fpsample"]
+    if importlib.util.find_spec("fpsample"):
+        assert fps["status"] in ("pass", "fail") and fps["value"] > 0
+    else:
+        assert fps["status"] == "not-measured"
+    for name in ("matrix_1000_expand_dry_run", "tables_from_10000_records"):
+        assert targets[name]["status"] in STATUSES
+
+    md = md_path.read_text()
+    for heading in ("## Bench: cpu", "### Targets", "### Ops", "### Models", "### Tooling"):
+        assert heading in md
+    assert "| target" in md and "point_peft" in md and "quick mode" in md
+    assert "### Targets" in printed and str(json_path) in printed
+
+    text = readme.read_text()
+    assert text.startswith(before) and text.endswith(after) and "old table" not in text
+    assert "#### Targets" in text  # one heading level deeper inside the README
+
+
+def test_readme_without_markers_is_a_note_not_an_error(tiny_bench, tmp_path):
+    rep = run_bench("cpu", quick=True, only=["tooling"], log=lambda msg: None)
+    check_schema(rep)
+    assert rep["ops"] == [] and rep["models"] == []
+    statuses = {t["name"]: t["status"] for t in rep["targets"]}
+    assert statuses["peft_memory[(any backbone)]"] == "not-measured"
+    assert statuses["fps_*_vs_fpsample"] == "not-measured"
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n<!-- bench:cuda:start -->\n<!-- bench:cuda:end -->\n")
+    original = readme.read_bytes()
+    done = write_outputs(rep, tmp_path / "out", readme)
+    assert done["readme"] is None and "bench:cpu:start" in done["readme_note"]
+    assert readme.read_bytes() == original
+    assert done["json"].is_file() and done["markdown"].is_file()
+
+
+def test_inject_block_keeps_every_byte_outside_the_markers():
+    start, end = bench_report.readme_markers("cuda")
+    readme = f"a\r\n{start}\r\nold\r\n{end}\r\nz <!-- bench:cpu:start -->\r\n".encode()
+    out = bench_report.inject_block(readme, "new\nlines\n", start, end)
+    assert out == f"a\r\n{start}\r\nnew\r\nlines\r\n{end}\r\nz <!-- bench:cpu:start -->\r\n".encode()
+    with pytest.raises(bench_report.MarkersMissing):
+        bench_report.inject_block(readme + start.encode(), "x", start, end)
+
+
+def test_targets_thresholds_and_validation():
+    rep = {"device": "cpu", "parts": ["ops", "models", "tooling"], "ops": [], "tooling": [], "models": [
+        {"name": f"point_mae / {m}", "backbone": "point_mae", "method": m, "precision": "fp32", "batch": 32,
+         "status": "ok", "value": 1.0, "unit": "samples/s", "notes": "",
+         "values": {"peak_train_memory_bytes": mem}} for m, mem in (("full", 1000), ("point_peft", 500))]}
+    [mem] = [t for t in bench_report.build_targets(rep) if t["name"] == "peft_memory[point_mae]"]
+    assert mem["value"] == 0.5 and mem["status"] == "pass"  # <= threshold passes
+    bad = {"schema": 1, "device": "cpu", "targets": [{"name": "x", "status": "maybe"}]}
+    problems = bench_report.validate_report(bad)
+    assert any("status 'maybe'" in p for p in problems) and any("'threads'" in p for p in problems)
+
+
+def test_tooling_is_skipped_with_a_reason_when_the_harness_is_missing(monkeypatch):
+    import sys
+
+    import harness
+    monkeypatch.delattr(harness, "matrix", raising=False)
+    monkeypatch.setitem(sys.modules, "harness.matrix", None)
+    entry = tooling_cases.bench_matrix(1, n_runs=10)
+    assert entry["status"] == "skipped" and entry["notes"].startswith("skipped:") and entry["value"] is None
+
+
+def test_tooling_expands_exactly_1000_distinct_runs_and_tabulates_records():
+    matrix = tooling_cases.bench_matrix(1)  # the real size: 1,000 cells, trimmed by exclude
+    assert matrix["status"] == "ok" or matrix["notes"].startswith("skipped:"), matrix["notes"]
+    if matrix["status"] == "ok":
+        assert matrix["values"]["runs"] == 1000 and matrix["value"] > 0
+    tables = tooling_cases.bench_tables(1, n_records=1000)  # 10,000 in the bench; writing them is slow
+    assert tables["status"] == "ok", tables["notes"]
+    assert tables["values"]["records"] == 1000 and tables["value"] > 0
+
+
+# ------------------------------------------------------------------ the exact fast FPS (speed work)
+
+def _clouds(kind: str, n: int, dtype, gen) -> torch.Tensor:
+    if kind == "uniform":
+        return torch.rand(3, n, 3, generator=gen, dtype=dtype) * 2 - 1
+    if kind == "grid":  # many exact distance ties
+        return torch.randint(-2, 3, (3, n, 3), generator=gen).to(dtype)
+    if kind == "near_origin":  # many points FPS must skip, some clouds with all of them skipped
+        return (torch.rand(3, n, 3, generator=gen, dtype=dtype) * 2 - 1) * torch.tensor([0.01, 0.05, 1.0],
+                                                                                    dtype=dtype)[:, None, None]
+    base = torch.rand(3, max(n // 4, 1), 3, generator=gen, dtype=dtype)  # duplicates
+    return base.repeat(1, 5, 1)[:, :n]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 5, 16, 100, 512, 513, 1100])
+def test_fast_fps_gives_the_reference_indices(dtype, n):
+    gen = torch.Generator().manual_seed(n)
+    for kind in ("uniform", "grid", "near_origin", "duplicates"):
+        xyz = _clouds(kind, n, dtype, gen)
+        for m in sorted({1, 2, min(n, 24), n + 2} if n <= 16 else {1, 24}):
+            want = ops.furthest_point_sample_reference(xyz, m)
+            assert torch.equal(ops.furthest_point_sample_fast(xyz, m), want), (kind, n, m)
+    assert torch.equal(ops.furthest_point_sample(xyz, 7), ops.furthest_point_sample_reference(xyz, 7))
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 5, 8])
+def test_knn_ties_across_the_kth_place_follow_the_stable_order(k):
+    # distances 0, 1, 1, 1, 4, 4, 4, 9: ties straddle several k
+    ref = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [2, 0, 0], [0, 2, 0], [0, 0, 2], [3, 0, 0]]])
+    ref = ref[:, torch.tensor([5, 1, 7, 0, 3, 6, 2, 4])]
+    query = torch.zeros(1, 1, 3)
+    dist, idx = ops.knn(ref, query, k)
+    d2 = (ref - query).pow(2).sum(-1)[:, None, :]
+    assert idx.tolist() == d2.argsort(dim=-1, stable=True)[..., :k].tolist()
+    assert torch.equal(dist, d2.gather(-1, idx).sqrt())
+
+
+def test_fast_paths_accept_points_that_require_grad():
+    xyz = (torch.rand(2, 64, 3) * 2 - 1).requires_grad_()
+    idx = ops.furthest_point_sample(xyz, 8)
+    assert torch.equal(idx, ops.furthest_point_sample_reference(xyz.detach(), 8))
+    query = ops.gather_points(xyz, idx).detach() + 0.01  # off the points: no sqrt(0) in the gradient
+    dist, nn_idx = ops.knn(xyz, query, 4)
+    dist.sum().backward()  # distances stay differentiable
+    assert xyz.grad is not None and torch.isfinite(xyz.grad).all() and xyz.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.equal(ops.knn(xyz, query, 4)[1], nn_idx)
