@@ -1,0 +1,102 @@
+"""Memory banks: build with the query encoder, save / load with checks, the build-cache command."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from harness.memory_bank import (MemoryBankError, build_memory_bank, load_memory_bank, read_memory_bank,
+                                 save_memory_bank)
+from test_point_peft import points, small_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests run many small ops: one thread avoids OpenMP barrier stalls when the machine is
+    shared (there two threads made this file ~8x slower); the thread count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def loader(n=10, batch=4, drop_last=True):
+    data = TensorDataset(points(n), torch.zeros(n, dtype=torch.long))
+    return DataLoader(data, batch_size=batch, shuffle=False, drop_last=drop_last)
+
+
+def test_build_bank_is_the_normalised_query_features():
+    model = small_model(bank_columns=0)
+    result = build_memory_bank(model, loader(), progress=False, dataset="toy", split="train")
+    bank, meta = result["bank"], result["meta"]
+    assert bank.shape == (384, 8)  # 10 samples, batch 4, drop_last: 2 batches
+    expected = F.normalize(model.query_features(points(10)[:8]), dim=1).t()
+    torch.testing.assert_close(bank, expected, atol=1e-5, rtol=1e-5)
+    assert meta["backbone"] == "point_mae" and meta["checkpoint"] == "random-init"
+    assert (meta["count"], meta["feature_dim"], meta["normalize"], meta["dataset"]) == (8, 384, True, "toy")
+    raw = build_memory_bank(model, loader(drop_last=False), progress=False, normalize=False)["bank"]
+    assert raw.shape == (384, 10) and not torch.allclose(raw.norm(dim=0), torch.ones(10))
+
+
+def test_saved_bank_loads_onto_the_model_and_mismatches_are_one_line_errors(tmp_path):
+    model = small_model(bank_columns=0)
+    result = build_memory_bank(model, loader(), progress=False, dataset="toy", split="train")
+    path = save_memory_bank(tmp_path / "banks" / "bank.pt", result)
+    assert not list(path.parent.glob("*.tmp"))
+    bank = load_memory_bank(path, model, expect={"dataset": "toy", "normalize": True})
+    assert model.has_memory_bank and torch.equal(model.memory_bank, bank)
+    assert model(points(2)).shape == (2, 15)
+
+    with pytest.raises(MemoryBankError, match="dataset is 'toy', expected 'other'"):
+        load_memory_bank(path, model, expect={"dataset": "other"})
+    bert = small_model("point_bert", bank_columns=0)
+    with pytest.raises(MemoryBankError) as err:
+        load_memory_bank(path, bert)
+    assert "backbone is 'point_mae', expected 'point_bert'" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+    small_dim = {"bank": torch.randn(96, 8), "meta": dict(result["meta"])}
+    save_memory_bank(tmp_path / "dim.pt", small_dim)
+    with pytest.raises(MemoryBankError, match="feature_dim is 96, expected 384"):
+        load_memory_bank(tmp_path / "dim.pt", model)
+    other_ckpt = {"bank": result["bank"], "meta": {**result["meta"], "checkpoint": "ab" * 32}}
+    save_memory_bank(tmp_path / "ckpt.pt", other_ckpt)
+    with pytest.raises(MemoryBankError, match="checkpoint is 'abababababab...', expected 'random-init'"):
+        load_memory_bank(tmp_path / "ckpt.pt", model)
+    (tmp_path / "junk.pt").write_text("not a bank")
+    with pytest.raises(MemoryBankError, match="not a readable torch file"):
+        read_memory_bank(tmp_path / "junk.pt")
+    with pytest.raises(MemoryBankError, match="file not found"):
+        read_memory_bank(tmp_path / "missing.pt")
+
+
+def test_bank_path_option_loads_the_bank(tmp_path):
+    model = small_model(bank_columns=0)
+    path = save_memory_bank(tmp_path / "bank.pt", build_memory_bank(model, loader(), progress=False))
+    again = small_model(bank_columns=0, bank_path=str(path))
+    assert again.has_memory_bank and again.memory_bank.shape == (384, 8)
+
+
+def test_build_cache_command_on_a_synthetic_dataset(tmp_path, capsys):
+    from harness.cli import build_cache
+    from harness.data.synthetic import write_synthetic
+
+    root = write_synthetic("scanobjectnn_obj_bg", tmp_path / "data", train_per_class=2, test_per_class=1,
+                           num_classes=5)
+    parser = argparse.ArgumentParser()
+    build_cache.register(parser.add_subparsers())
+    out = tmp_path / "bank.pt"
+    args = parser.parse_args([
+        "build-cache", "--backbone", "point_mae", "--dataset", "scanobjectnn_obj_bg", "--root", str(root),
+        "--out", str(out), "--batch-size", "3", "--npoints", "256", "--no-progress",
+        "--backbone-option", "num_group=16", "--backbone-option", "group_size=8",
+        "--option", "query_num_group=8", "--option", "query_group_size=8"])
+    assert args.func(args) == 0
+    assert "384 x 9" in capsys.readouterr().out  # 10 samples, batch 3, drop_last
+    meta = read_memory_bank(out)["meta"]
+    assert (meta["dataset"], meta["split"], meta["npoints"]) == ("scanobjectnn_obj_bg", "train", 256)
+    model = small_model(bank_columns=0)
+    load_memory_bank(out, model)
+    assert model.memory_bank.shape == (384, 9)
