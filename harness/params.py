@@ -7,6 +7,7 @@ gradient in a forward/backward pass. The two differ when a method flags tensors 
 from __future__ import annotations
 
 import csv
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,8 @@ def count_with_grad(model: nn.Module, npoints: int, batch: int = 2, seed: int = 
     device = next(model.parameters()).device
     model.train()
     model.zero_grad(set_to_none=True)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. a PEFT model without its memory bank: counting only
         torch.manual_seed(seed)
         model(pts.to(device)).float().sum().backward()
     used = sum(p.numel() for p in model.parameters() if p.requires_grad and p.grad is not None)
