@@ -42,6 +42,16 @@ def parse_state_dict_list(name: str, section: str) -> dict[str, tuple[list[int],
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tests of many small ops run on one torch thread: as fast alone, and free of the OpenMP
+    barrier stalls (up to 10x) that two threads hit when other jobs share the two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def reference_list():
     return parse_state_dict_list

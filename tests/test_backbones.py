@@ -10,14 +10,7 @@ from models.classifier import build_model, default_npoints
 from models.layers import Attention
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models run many small ops (FPS iterates per center): one thread is as fast alone
-    and does not stall on thread barriers when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LISTS = {"point_mae": "point_mae_finetune_state_dict.txt",

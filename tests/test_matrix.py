@@ -1,7 +1,6 @@
 """Experiment files -> run specs, filters, run ids, profiles and the sbatch dry run."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys

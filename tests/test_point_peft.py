@@ -15,14 +15,7 @@ from models.peft.point_peft import MissingMemoryBankWarning, PointPEFT
 from models.peft.prompt import cache_prompt, retrieve
 from models import ops
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: one thread avoids OpenMP barrier stalls when the machine is
-    shared (there two threads made this file ~8x slower); the thread count is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Small versions of the three backbones (same widths and depths; few patches and points).

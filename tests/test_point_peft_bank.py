@@ -13,14 +13,7 @@ from harness.memory_bank import (MemoryBankError, build_memory_bank, load_memory
 from test_point_peft import points, small_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: one thread avoids OpenMP barrier stalls when the machine is
-    shared (there two threads made this file ~8x slower); the thread count is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loader(n=10, batch=4, drop_last=True):

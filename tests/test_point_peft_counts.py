@@ -11,20 +11,12 @@ import sys
 import warnings
 
 import pytest
-import torch
 
 from conftest import REPO
 from harness.params import count_by_group, count_params, count_with_grad
 from models.classifier import build_model
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small ops: one thread avoids OpenMP barrier stalls when the machine is
-    shared (there two threads made this file ~8x slower); the thread count is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MAE_GROUPS = {"cls_head": 267_535, "adapter": 152_256, "adapter1": 152_256, "cp_adapter": 78_432,

@@ -26,15 +26,7 @@ TINY_PEFT = REPO / "experiments" / "tiny_peft.yaml"
 TIMING = {"epoch_time_s", "samples_per_s"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models gain nothing from a second thread, and on a busy machine OpenMP's
-    barriers make 2-thread runs up to 10x slower; every run here (in-process and the child
-    processes) uses one thread, so they also all compute alike."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
