@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="where to measure (default: cuda when available, else cpu)")
     p.add_argument("--quick", action="store_true",
-                   help="fewer repeats, model batch 8 with 1 warm-up + 2 timed steps on the CPU (CI smoke run)")
+                   help="fewer repeats, model batch 4 with 1 warm-up + 2 timed steps on the CPU (CI smoke run)")
     p.add_argument("--only", type=_parts, default=list(PARTS), metavar="PARTS",
                    help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
     p.add_argument("--backbone", type=_names, default=None, metavar="NAMES",
