@@ -7,6 +7,7 @@ from its own per-epoch checkpoint, so no work older than one epoch is lost.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +81,15 @@ class TrainJob(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, spec: dict) -> dict:
+        import torch
+
         from harness import train  # imported in the job process, not at submission time
 
+        # use the CPUs SLURM allocated, not every core of the node: jobs sharing a node would
+        # otherwise oversubscribe it (OpenMP threads stall each other badly)
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus and cpus.isdigit():
+            torch.set_num_threads(int(cpus))
         return train.run_from_spec(spec)
 
 

@@ -26,7 +26,7 @@ def test_smoke_matrix_on_slurm(slurm_env, tmp_path):
     out = slurm_submit(tmp_path, "--wait")
     assert out.returncode == 0, out.stdout + out.stderr
     got = records(tmp_path / "runs")
-    assert len(got) == 2 and all(r["status"] == "done" for r in got.values())
+    assert len(got) == 6 and all(r["status"] == "done" for r in got.values())  # 3 backbones x 2 methods
     jobs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/job.json")]
     assert all(j["executor"] == "slurm" and "_" in j["job_id"] for j in jobs)  # one array
 
@@ -40,7 +40,7 @@ def test_smoke_matrix_on_slurm(slurm_env, tmp_path):
 
     # a second submit submits nothing
     again = slurm_submit(tmp_path)
-    assert again.returncode == 0 and "2 runs, 0 to submit" in again.stdout
+    assert again.returncode == 0 and "6 runs, 0 to submit" in again.stdout
 
     # same records as the local executor (same code path, same metrics on CPU)
     local = submit("--executor", "local", "--only", "method=full", runs=tmp_path / "local", logs=tmp_path / "l")
@@ -51,7 +51,7 @@ def test_smoke_matrix_on_slurm(slurm_env, tmp_path):
 
 def test_preempted_run_resumes_from_its_checkpoint(slurm_env, tmp_path):
     ensure_smoke_data()
-    args = ["--only", "method=full"]
+    args = ["--only", "backbone=point_mae,method=full"]
     out = slurm_submit(tmp_path, *args)  # no --wait: returns once the array is queued
     assert out.returncode == 0, out.stdout + out.stderr
     run_dir = next((tmp_path / "runs").iterdir())
