@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from harness.bench.common import ROOT, short_error
+from harness.bench.common import ROOT, short_error, time_calls
 
 FAMILY = "scan"
 NUM_CLASSES = 15
@@ -126,16 +126,7 @@ def measure_one(spec: dict) -> dict:
         opt.step()
 
     def timed(fn, warmup, steps):
-        for _ in range(warmup):
-            fn()
-        sync(device)
-        out = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            out.append(time.perf_counter() - t0)
-        return out
+        return time_calls(fn, steps, warmup=warmup, device=device)
 
     if device == "cuda":
         sync(device)

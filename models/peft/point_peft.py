@@ -318,6 +318,12 @@ class PointPEFT(nn.Module):
         return torch.is_grad_enabled() and any(
             p.requires_grad for m in modules if m is not None for p in m.parameters())
 
+    def _add_prompt_coords(self, o, prompt_set) -> None:
+        """The learnable prompt coordinates ``prompt_cor`` (T, 3), when prompts use geometry."""
+        if o.geo_use_prompt_coords and prompt_set:
+            self.prompt_cor = nn.Parameter(torch.zeros(o.num_prompt_tokens, 3))
+            trunc_normal_(self.prompt_cor, std=o.prompt_init_std)
+
     def _register_bank(self) -> None:
         self.register_buffer("memory_bank", torch.zeros(self.query_dim, 0), persistent=False)
         self._ddp_ignore_bank()
@@ -366,9 +372,7 @@ class PointPEFTTransformer(PointPEFT):
             own_gate=keep or o.mlp_adapter_mode == "gated", query_dim=self.query_dim)
         self.norm = backbone.norm
         self.cls_head_finetune = backbone.cls_head_finetune
-        if o.geo_use_prompt_coords and prompt_set:
-            self.prompt_cor = nn.Parameter(torch.zeros(o.num_prompt_tokens, 3))
-            trunc_normal_(self.prompt_cor, std=o.prompt_init_std)
+        self._add_prompt_coords(o, prompt_set)
         self._register_bank()
         self.insert_at = 1 if o.prompt_pos == "after_cls" else 0
         if o.geo_num_centers > cfg.num_group or o.geo_k > cfg.num_group:

@@ -10,14 +10,12 @@ geometry over [prompt_cor; centers_l] in fixed mode.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from dataclasses import replace
 
 from models import ops
 from models.backbones.point_m2ae import PointM2AE
 from models.errors import ConfigError
-from models.layers import trunc_normal_
 from models.peft.frozen_stem import encode_patches
 from models.peft.geometric_adapter import group_indices, idw_weights, make_geometry
 from models.peft.options import resolve_options
@@ -66,9 +64,7 @@ class PointPEFTM2AE(PointPEFT):
                 query_dim=self.query_dim)
         self.norm = backbone.norm
         self.cls_head_finetune = backbone.cls_head_finetune
-        if o.geo_use_prompt_coords and prompt_set:
-            self.prompt_cor = nn.Parameter(torch.zeros(o.num_prompt_tokens, 3))
-            trunc_normal_(self.prompt_cor, std=o.prompt_init_std)
+        self._add_prompt_coords(o, prompt_set)
         self._register_bank()
         self.mark_trainable()
         self.train()
