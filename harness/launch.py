@@ -233,7 +233,14 @@ def sbatch_script(profile: ClusterProfile, folder: Path, n_jobs: int, job_name: 
     Built by submitit's own SLURM executor, so it is exactly what a real submission sends; it
     needs neither sbatch nor srun on this machine.
     """
-    slurm = _slurm_executor(folder, profile, job_name)._executor  # noqa: SLF001
+    from unittest import mock
+
+    from submitit.slurm.slurm import SlurmExecutor
+
+    # submitit refuses to build a SLURM executor where `srun` is missing; writing a script
+    # needs no srun, so the check is bypassed for the dry run only
+    with mock.patch.object(SlurmExecutor, "affinity", classmethod(lambda cls: 2)):
+        slurm = _slurm_executor(folder, profile, job_name)._executor  # noqa: SLF001
     slurm.parameters["map_count"] = n_jobs
     return slurm._make_submission_file_text(slurm._submitit_command_str, "dry-run")  # noqa: SLF001
 

@@ -900,9 +900,12 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
     ``nothing_run = True`` and leaves no record; any later exception writes a failure record
     (rank 0) and is re-raised.
     """
-    check_paths(cfg)            # one-line errors before any work
-    check_engine(cfg)
-    check_device(device)
+    try:                        # one-line errors before any work
+        check_paths(cfg)
+        check_engine(cfg)
+        check_device(device)
+    except BenchError as err:
+        raise _input_error(err) from None
     done = read_done_record(cfg)
     if done is not None:
         print(f"[{done['run_id']}] already done: {result_path(cfg)}", flush=True)
