@@ -920,6 +920,8 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
             except OSError as err:
                 raise _input_error(ConfigError(f"output.runs_dir: cannot create the run folder {rdir}: "
                                                f"{checkpointing.os_error_text(err)}")) from None
+            except runlock.RunLocked as err:
+                raise _input_error(err) from None
             tempfiles.sweep_stale(rdir, whole_folder=True)   # left by a killed earlier attempt
         return _run_locked(cfg, device)
     finally:

@@ -321,7 +321,7 @@ def test_train_while_another_process_holds_the_run(capsys, tmp_path, scan_root):
             {"host": socket.gethostname(), "pid": owner.pid, "pid_start": runlock._start_time(owner.pid)}))
         before = tree(runs)
         rc, out, err = run_cli(capsys, *train_args(scan_root, runs))
-        assert rc == 2
+        assert rc == 2, err
         one_error_line(err, "already being trained by", f"pid {owner.pid}")
         assert tree(runs) == before
     finally:
