@@ -273,6 +273,9 @@ def _classify(spec: RunSpec, rdir: Path, job: dict | None, job_problem: str | No
 
     problems = (job_problem,) if job_problem else ()
     record, problem = read_json_object(rdir / "result.json")
+    if record is not None:
+        from harness.results.records import check_record
+        problem = check_record(record, rdir / "result.json")
     if problem:
         return RunState("bad record", problem, job, problems=problems + (problem,))
     progress = f"epoch {epochs_logged(rdir)}/{spec.config['schedule']['epochs']}"

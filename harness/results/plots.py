@@ -83,6 +83,10 @@ def paper_plot(dataset: str, setups: pd.DataFrame, reference: pd.DataFrame) -> b
 def runs_plot(df: pd.DataFrame, title: str) -> bytes:
     """One point per run (not per setup): legacy accuracy vs trainable parameters, with each
     dataset's majority-class accuracy as a dashed line."""
+    return _png(runs_figure(df, title))
+
+
+def runs_figure(df: pd.DataFrame, title: str):
     plt = _plt()
     df = df[df.legacy.notna() & df.trainable.notna()]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
@@ -100,7 +104,7 @@ def runs_plot(df: pd.DataFrame, title: str) -> bytes:
     ax.set_title(f"{title}\n{len(df)} runs, one point each", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax)
-    return _png(fig)
+    return fig
 
 
 def read_metrics(path: Path) -> tuple[pd.DataFrame | None, str | None]:
