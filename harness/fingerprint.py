@@ -11,11 +11,13 @@ relative-path order (hidden files and ``*.tmp`` left out):
   MiB. In trees of more than ``BULK_FILES`` files (ModelNet40's 12,311 per-shape txt files)
   only the top-level files (split lists, ``.dat`` caches) get a digest; the shape files count
   by name and size, which keeps a fingerprint of ModelNet40 to one stat per file.
-A missing root fingerprints as ``"missing"``. Results are memoised per process (file digests
-by path, size, mtime and inode), so expanding a matrix of 1,000 runs reads each tree once.
+A missing root fingerprints as ``"missing"``. File digests are memoised by path, size, mtime
+and inode; inside ``with one_pass():`` (what ``harness.matrix.expand`` uses) each tree is also
+walked once, so expanding a matrix of 1,000 runs stats each dataset's files once.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -26,7 +28,19 @@ SAMPLE_BYTES = 1 << 20
 BULK_FILES = 256
 
 _digests: dict[tuple, str] = {}
-_trees: dict[tuple, str] = {}
+_trees: dict[str, str] | None = None    # root -> fingerprint, only inside one_pass()
+
+
+@contextlib.contextmanager
+def one_pass():
+    """Within this block each data root is walked once (its files must not change meanwhile)."""
+    global _trees
+    outer = _trees
+    _trees = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _trees = outer
 
 
 def _walk(root: Path) -> list[tuple[str, os.stat_result, bool]]:
@@ -69,13 +83,10 @@ def file_digest(path: Path, st: os.stat_result | None = None) -> str:
 def data_fingerprint(root: str | Path) -> str:
     """16-hex fingerprint of the data under ``root`` (see the module doc), or ``"missing"``."""
     root = Path(root)
-    try:
-        top = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns, e.stat().st_ino)
-                     for e in os.scandir(root))
-    except (FileNotFoundError, NotADirectoryError):
+    if not root.is_dir():
         return MISSING
-    key = (str(root.resolve()), tuple(top))
-    if key in _trees:
+    key = str(root.resolve())
+    if _trees is not None and key in _trees:
         return _trees[key]
     files = _walk(root)
     bulk = len(files) > BULK_FILES
@@ -83,8 +94,10 @@ def data_fingerprint(root: str | Path) -> str:
     for rel, st, at_top in files:
         digest = file_digest(root / rel, st) if (at_top or not bulk) else ""
         h.update(f"{rel}\0{st.st_size}\0{digest}\n".encode())
-    _trees[key] = h.hexdigest()[:16]
-    return _trees[key]
+    value = h.hexdigest()[:16]
+    if _trees is not None:
+        _trees[key] = value
+    return value
 
 
 def weights_sha256(path: str | Path | None) -> str | None:

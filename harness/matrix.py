@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from harness import config as run_config
+from harness import fingerprint
 from models.errors import ConfigError
 
 # axis name -> dotted key of the run config it sets (variant sets what `variants` says)
@@ -166,6 +167,11 @@ def expand(path: str | Path, filters: dict[str, list[str]] | None = None,
         bad = sorted(set(wanted) - valid)
         if bad:
             raise ConfigError(f"filter {axis}={','.join(bad)}: not in {path} axes.{axis} {axes[axis]}")
+    with fingerprint.one_pass():
+        return _expand(exp, path, axes, filters, runs_dir)
+
+
+def _expand(exp: dict, path: Path, axes: dict, filters: dict | None, runs_dir) -> list[RunSpec]:
     base = run_config.load_yaml(path.parent / exp["base"])
     specs = []
     names = list(axes)
