@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 
 # A PEFT method "matches or beats" full fine-tuning when the 95% interval of the paired
@@ -56,10 +57,11 @@ def t_cdf(t: float, df: int) -> float:
     return 1.0 - tail if t >= 0 else tail
 
 
+@functools.lru_cache(maxsize=None)
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile of Student's t (e.g. t_quantile(0.975, 2) = 4.3027)."""
     lo, hi = -1e3, 1e3
-    for _ in range(200):
+    for _ in range(80):
         mid = 0.5 * (lo + hi)
         if t_cdf(mid, df) < p:
             lo = mid

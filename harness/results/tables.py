@@ -265,6 +265,8 @@ def paired(df: pd.DataFrame, setups: pd.DataFrame) -> pd.DataFrame:
     comparable = dict(zip(setups.setup_id, setups.comparable))
     labels = dict(zip(setups.setup_id, setups.label))
     uniq = df.drop_duplicates(["setup_id", "seed"])
+    by_setup = {sid: {sel: dict(zip(g.seed, g[sel])) for sel in ("honest", "legacy")}
+                for sid, g in uniq.groupby("setup_id", sort=False)}
     keys = ["dataset", "backbone", "variant", "data_source"]
     for key, group in setups.groupby(keys, sort=False):
         fulls = group[group.method == "full"].setup_id
@@ -273,17 +275,16 @@ def paired(df: pd.DataFrame, setups: pd.DataFrame) -> pd.DataFrame:
             for f in fulls:
                 if comparable[p.setup_id] != comparable[f]:
                     continue
-                a = uniq[uniq.setup_id == p.setup_id].set_index("seed")
-                b = uniq[uniq.setup_id == f].set_index("seed")
-                seeds = sorted(set(a.index) & set(b.index))
+                a, b = by_setup[p.setup_id], by_setup[f]
+                seeds = sorted(set(a["honest"]) & set(b["honest"]))
                 if not seeds:
                     continue
                 row = dict(zip(keys, key), method=p.method, peft_setup=p.setup_id, full_setup=f,
                            label=" / ".join(x for x in (labels[p.setup_id], labels[f]) if x),
                            comparable=comparable[f], seeds=",".join(map(str, seeds)), n=len(seeds))
                 for sel in ("honest", "legacy"):
-                    diffs = [float(a.loc[s, sel] - b.loc[s, sel]) for s in seeds
-                             if pd.notna(a.loc[s, sel]) and pd.notna(b.loc[s, sel])]
+                    diffs = [float(a[sel][s] - b[sel][s]) for s in seeds
+                             if pd.notna(a[sel][s]) and pd.notna(b[sel][s])]
                     if diffs:
                         mean, low, high = stats.paired_interval(diffs)
                         row.update({f"{sel}_mean": mean, f"{sel}_low": low, f"{sel}_high": high,
