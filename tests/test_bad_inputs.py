@@ -485,7 +485,7 @@ def test_sbatch_refusal_is_one_line(capsys, tmp_path, monkeypatch, message):
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     runs = tmp_path / "runs"
     rc, out, err = run_cli(capsys, "submit", experiment(tmp_path), "--executor", "slurm", "--profile",
-                           profile(tmp_path), "--runs-dir", runs, "--logs", tmp_path / "logs")
+                           profile(tmp_path), "--runs-dir", runs, "--logs", tmp_path / "logs", "--no-preflight")
     assert rc == 2
     one_error_line(err, "the scheduler refused", message.split("failed: ")[1])
     assert not list(runs.glob("*/job.json"))
@@ -496,7 +496,7 @@ def test_no_sbatch_on_path(capsys, tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     rc, out, err = run_cli(capsys, "submit", experiment(tmp_path), "--executor", "slurm", "--profile",
-                           profile(tmp_path), "--runs-dir", tmp_path / "runs")
+                           profile(tmp_path), "--runs-dir", tmp_path / "runs", "--no-preflight")
     assert rc == 2
     one_error_line(err, "sbatch not found on PATH")
 
@@ -512,7 +512,7 @@ def test_large_matrix_goes_out_as_several_arrays(capsys, tmp_path, monkeypatch):
                                      "dataset": ["scanobjectnn_obj_bg"], "seed": [0, 1, 2, 3, 4]})
     rc, out, err = run_cli(capsys, "submit", exp, "--executor", "slurm", "--profile",
                            profile(tmp_path, max_array_size=2), "--runs-dir", tmp_path / "runs",
-                           "--logs", tmp_path / "logs")
+                           "--logs", tmp_path / "logs", "--no-preflight")
     assert rc == 0, err
     # 5 runs, at most 2 per array: 2 + 2 + 1 (submitit sends a lone job without --array)
     assert calls.read_text().splitlines() == ["call #SBATCH --array=0-1%2", "call #SBATCH --array=0-1%2", "call "]
