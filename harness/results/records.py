@@ -140,8 +140,7 @@ def died_record(job: dict, state: str, run_dir: Path) -> dict:
     """A failed record (in memory) for a job that ended without its run writing one."""
     from harness import jobs
 
-    log = jobs.log_path(job)
-    tail = jobs.log_tail(log, 3)
+    log, tail = jobs.job_log(job, 3)
     return {"schema": SCHEMA_VERSION, "run_id": job.get("run_id", run_dir.name), "status": "failed",
             "setup_id": job.get("setup_id"), "experiment": job.get("experiment"),
             **{k: job.get(k) for k in ("backbone", "method", "dataset", "seed")},
