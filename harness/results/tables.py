@@ -104,9 +104,7 @@ def baselines(r: dict) -> tuple[float | None, float | None]:
     """(chance, majority-class accuracy) in % of the test split the run was tested on."""
     data = r.get("data") if isinstance(r.get("data"), dict) else {}
     counts = (data.get("class_counts") or {}).get("test") if isinstance(data.get("class_counts"), dict) else None
-    present = [c for c in counts if c] if counts else []
-    majority = 100.0 * max(present) / sum(present) if present else None
-    chance = 100.0 / len(present) if present else None
+    chance, majority = stats.class_baselines(counts)
     if chance is None:
         n = _official(r["dataset"])[2]
         chance = 100.0 / n if n else None
