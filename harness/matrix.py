@@ -321,8 +321,8 @@ def _classify(spec: RunSpec, rdir: Path, job: dict | None, job_problem: str | No
         return RunState("failed", f"{err.get('type', 'error')}: {first}"[:160], job, problems=problems)
     if job and sched is not None:
         # the job ended (or the scheduler lost it) and the run wrote no record: it died
-        log = job_logs.log_path(job)
-        tail = tuple(job_logs.log_tail(log))
+        log, tail = job_logs.job_log(job)
+        tail = tuple(tail)
         last = tail[-1][:120] if tail else "no log lines"
         return RunState("failed", f"died without a record: scheduler {sched} (job {job['job_id']}), "
                         f"{progress}; {last}", job, log, tail, problems)

@@ -33,7 +33,8 @@ One row per run of an experiment: done, failed (with the first line of the error
 pending, resumable (has a checkpoint, no live job), not started, or bad record (an unreadable
 result.json, named), from the run records and the scheduler (for SLURM: one squeue and batched
 sacct calls for all jobs). A job that ended without its run writing a record counts as failed:
-its scheduler state, the path of its submitit log and the log's last lines are shown.
+its scheduler state, the path of its submitit log and the log's last lines are shown (the
+stderr log; the stdout log when a SIGKILL left stderr empty: it shows how far the run got).
 Job logs are in results/submitit/<experiment>/ (or submit's --logs). Exit status 1 when a run
 failed or a file could not be read."""
 

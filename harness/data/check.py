@@ -17,6 +17,7 @@ from tqdm import tqdm
 from harness.data import DataError, data_error, modelnet40
 from harness.data.base import SPLITS
 from harness.data.registry import DatasetInfo, build_dataset, dataset_info
+from harness.results.stats import class_baselines
 
 
 @dataclass
@@ -92,6 +93,18 @@ def check_dataset(name: str, root: str | Path, expect_official_counts: bool = Tr
     return report
 
 
+def baselines_line(report: CheckReport) -> str:
+    """What an accuracy on this test split must beat: chance and the majority class (in %)."""
+    counts = report.counts["test"]
+    chance, majority = class_baselines(counts)
+    if chance is None:
+        return "baselines (test split): none, the test split has no samples"
+    top = max(range(len(counts)), key=counts.__getitem__)
+    return (f"baselines (test split): chance {chance:.2f}% ({round(100 / chance)} classes with samples), "
+            f"majority class {majority:.2f}% (always '{report.class_names[top]}': "
+            f"{counts[top]} of {sum(counts)} test samples)")
+
+
 def format_report(report: CheckReport) -> str:
     """Per-class count table, then notes, warnings, errors and a verdict line."""
     splits = [s for s in SPLITS if s in report.counts]
@@ -103,6 +116,8 @@ def format_report(report: CheckReport) -> str:
     lines = [f"{report.name} at {report.root}"]
     if splits:
         lines.append(tabulate(rows, headers=["label", "class", *splits], tablefmt="github"))
+    if "test" in report.counts:
+        lines.append(baselines_line(report))
     lines += [f"note: {n}" for n in report.notes]
     lines += [f"warning: {w}" for w in report.warnings]
     lines += [f"error: {e}" for e in report.errors]
