@@ -61,7 +61,7 @@ class DataConfig:
     point_all: Optional[int] = None       # null = the official table for npoints
     use_normals: bool = False
     permute_train: bool = True            # official: train clouds re-permuted on every access
-    num_workers: int = 0
+    num_workers: Optional[int] = None     # null = min(4, usable CPUs - 1): harness.train.data_workers
     val_fraction: float = 0.0             # carve a validation split out of train (seeded)
 
 
@@ -115,7 +115,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     runs_dir: str = "results/runs"
-    tensorboard: bool = True
+    tensorboard: Optional[bool] = None    # TensorBoard events in tb/; null = when tensorboard is installed
     progress: Optional[bool] = None       # tqdm bars; null = when stderr is a terminal
     keep_best: bool = True                # keep best-on-test weights (needed to vote on them)
 
@@ -411,7 +411,7 @@ def _resolve(cfg: RunConfig, sources: dict) -> RunConfig:
                f"{npoints} has no official point_all ({sorted(POINT_ALL)}); set data.point_all")
         point_all = POINT_ALL[npoints]
     _check(point_all >= npoints, "data.point_all", sources, f"must be >= npoints ({npoints}), got {point_all}")
-    _check(d.num_workers >= 0, "data.num_workers", sources, "must be >= 0")
+    _check(d.num_workers is None or d.num_workers >= 0, "data.num_workers", sources, "must be >= 0 or null")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", sources, "must be in [0, 1)")
     _check(o.lr > 0, "optim.lr", sources, "must be > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", sources, "must be >= 0")

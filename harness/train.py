@@ -70,6 +70,16 @@ class NonFiniteLoss(TrainingError, FloatingPointError):
 
 # ----------------------------------------------------------------------------- small helpers
 
+def data_workers(configured: int | None) -> int:
+    """DataLoader workers for ``data.num_workers``: the configured count, or for null
+    min(4, usable CPUs - 1), the CPUs being those this process may run on (a SLURM job's
+    ``--cpus-per-task``); 0 on one CPU. Quiet on a 2-core laptop (1 worker), 4 on a GPU node."""
+    if configured is not None:
+        return configured
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus - 1))
+
+
 def _mix(*parts) -> int:
     """A 63-bit seed from any parts (stable across processes and Python runs)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
@@ -329,7 +339,7 @@ def _prepare_memory_bank(cfg: RunConfig, net: nn.Module, train_ds: Dataset, rdir
     if not given and not path.is_file():
         if info.is_main:
             loader = DataLoader(_fixed_view(train_ds), batch_size=cfg.train.batch_size, shuffle=False,
-                                drop_last=True, num_workers=cfg.data.num_workers,
+                                drop_last=True, num_workers=data_workers(cfg.data.num_workers),
                                 collate_fn=functools.partial(_fps_collate, npoints=cfg.data.npoints))
             log(f"building the memory bank from {len(loader) * cfg.train.batch_size} train samples -> {path}")
             was_training = net.training
@@ -406,7 +416,7 @@ class _Run:
         self.loader_gen = torch.Generator()
         pin = self.device.type == "cuda"
         self.train_loader = DataLoader(self.train_ds, batch_size=self.local_bs, sampler=self.sampler,
-                                       drop_last=True, num_workers=cfg.data.num_workers, pin_memory=pin,
+                                       drop_last=True, num_workers=data_workers(cfg.data.num_workers), pin_memory=pin,
                                        worker_init_fn=_worker_init, generator=self.loader_gen)
         if len(self.train_loader) == 0:
             raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is more than the "
@@ -414,7 +424,7 @@ class _Run:
 
         def eval_loader(ds):
             return DataLoader(_shard(ds, info), batch_size=self.local_eval_bs, shuffle=False,
-                              num_workers=cfg.data.num_workers, pin_memory=pin, worker_init_fn=_worker_init)
+                              num_workers=data_workers(cfg.data.num_workers), pin_memory=pin, worker_init_fn=_worker_init)
         self.test_loader = eval_loader(test)
         self.val_loader = eval_loader(val) if val is not None else None
         sample_n = test.points.shape[1] if hasattr(test, "points") else cfg.data.point_all
@@ -716,12 +726,15 @@ class _Run:
         write_bytes_atomic(self.rdir / "metrics.csv", buf.getvalue().encode())
 
     def open_tensorboard(self, start_epoch: int):
-        if not (self.info.is_main and self.cfg.output.tensorboard):
+        wanted = self.cfg.output.tensorboard   # null: when tensorboard is installed, silently off otherwise
+        if not self.info.is_main or wanted is False:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # noqa: BLE001 - tensorboard not installed or broken
-            self.note("tensorboard is not importable: no TensorBoard events written")
+            if wanted:
+                self.note("tensorboard is not importable: no TensorBoard events written "
+                          "(pip install tensorboard, or set output.tensorboard: null)")
             return None
         return SummaryWriter(str(self.rdir / "tb"), purge_step=start_epoch if start_epoch else None)
 
