@@ -806,6 +806,8 @@ class _Run:
             parts.append(f"val {row['val_acc']:.2f}%")
         if row.get("samples_per_s"):
             parts.append(f"{row['samples_per_s']:.1f} samples/s")
+        if row.get("epoch_time_s") is not None:
+            parts.append(f"{row['epoch_time_s']:.1f} s")
         return ", ".join(parts)
 
 
