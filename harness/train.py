@@ -329,19 +329,24 @@ def _prepare_memory_bank(cfg: RunConfig, net: nn.Module, train_ds: Dataset, rdir
                          info: distributed.DistInfo, device: torch.device, progress: bool,
                          log) -> dict | None:
     """A PEFT model's bank: ``method_options.bank_path``, else the run's own ``memory_bank.pt``,
-    else built by rank 0 from the train split (no shuffle, drop_last) and saved there."""
+    else built by rank 0 from the train split (no shuffle; every sample, or the official
+    drop_last in faithful mode: ``harness.memory_bank.bank_drop_last``) and saved there."""
     if not _needs_bank(net):
         return None
-    from harness.memory_bank import build_memory_bank, load_memory_bank, read_memory_bank, save_memory_bank
+    from harness.memory_bank import (bank_drop_last, build_memory_bank, load_memory_bank, read_memory_bank,
+                                     save_memory_bank)
 
     given = cfg.model.method_options.get("bank_path")
     path = resolve_path(given) if given else rdir / "memory_bank.pt"
     if not given and not path.is_file():
         if info.is_main:
+            drop = bank_drop_last(net)
             loader = DataLoader(_fixed_view(train_ds), batch_size=cfg.train.batch_size, shuffle=False,
-                                drop_last=True, num_workers=data_workers(cfg.data.num_workers),
+                                drop_last=drop, num_workers=data_workers(cfg.data.num_workers),
                                 collate_fn=functools.partial(_fps_collate, npoints=cfg.data.npoints))
-            log(f"building the memory bank from {len(loader) * cfg.train.batch_size} train samples -> {path}")
+            count = len(loader) * cfg.train.batch_size if drop else len(loader.dataset)
+            log(f"building the memory bank from {count} of {len(loader.dataset)} train samples"
+                f"{' (faithful mode: the official drop_last)' if drop else ''} -> {path}")
             was_training = net.training
             net.eval()
             with torch.random.fork_rng(devices=[]):
