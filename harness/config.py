@@ -34,7 +34,7 @@ from models.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 SET_SOURCE = "--set"
 
-# The official point_all for each npoints (spec backbones 9.1); kept here so config validation
+# The official point_all for each npoints (the official fine-tuning runners); kept here so config validation
 # does not import the data package.
 POINT_ALL = {1024: 1200, 2048: 2400, 4096: 4800, 8192: 8192}
 

@@ -1,6 +1,6 @@
 """One training run: ``run(cfg) -> result record``.
 
-What a run does, in order (spec backbones 9.1, point-peft 8):
+What a run does, in order (the official fine-tuning runners, which Point-PEFT reuses):
 1. check the files it needs (one-line error before any work); return the record at once if
    the run is already done; join the process group (torchrun / submitit / single process);
 2. data: official train / test splits, an optional seeded validation split carved from train;
