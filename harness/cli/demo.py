@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from harness import launch, matrix, results
+from harness import jobs, launch, matrix, results
 from harness.config import resolve_path
 from harness.data.synthetic import write_synthetic
 
@@ -51,12 +51,16 @@ def run(args) -> int:
     torch.set_num_threads(max(1, args.threads))
     out = resolve_path(args.out)
     specs = matrix.expand(resolve_path(args.experiment), runs_dir=out / "runs")
+    wrote = False
     for root, dataset in sorted({(s.config["data"]["root"], s.config["data"]["dataset"]) for s in specs}):
         path = resolve_path(root)
         if not path.is_dir():
             write_synthetic(dataset, path, **SYNTH)
             print(f"wrote synthetic {dataset} to {path}")
-    states = [matrix.run_state(s, launch.scheduler_state) for s in specs]
+            wrote = True
+    if wrote:  # run ids carry the data's fingerprint: take it from the files just written
+        specs = matrix.expand(resolve_path(args.experiment), runs_dir=out / "runs")
+    states = matrix.run_states(specs, jobs.scheduler_states)
     todo = [s for s, st in zip(specs, states) if st.needs_submission]
     print(f"demo: {len(specs)} runs in {args.experiment}, {len(specs) - len(todo)} already done, "
           f"{len(todo)} to train here, one after another; run folders in {out / 'runs'}", flush=True)
@@ -73,14 +77,14 @@ def run(args) -> int:
             continue
         print(f"[run {i}/{len(todo)}] done in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"\ntraining finished at {time.perf_counter() - start:.0f} s; writing tables and plots", flush=True)
-    outputs = results.build_outputs(out / "runs", out, "best_test", resolve_path("results/reference/paper.csv"))
-    results.write_outputs(outputs)
+    text, pngs = results.demo_report(out / "runs", out, resolve_path("results/reference/paper.csv"))
+    print("\n" + text)
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s "
           f"({len(todo) - len(failed)} trained, {len(specs) - len(todo)} skipped as done, {len(failed)} failed)")
     print(f"  runs:    {out / 'runs'} (each: metrics.csv per epoch, result.json)")
     print(f"  tables:  {out / 'tables.md'}")
     print(f"  summary: {out / 'summary.csv'}")
-    print(f"  plots:   {out / 'plots'}")
+    print("  plots:   " + ", ".join(str(p.relative_to(out)) for p in pngs))
     for run_id in failed:
         print(f"failed: {run_id} (details in {out / 'runs' / run_id / 'result.json'})")
     return 1 if failed else 0
