@@ -54,6 +54,10 @@ def test_demo_shows_progress_writes_tables_and_skips_done_runs(tmp_path):
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert rows and (out / "tables.md").is_file()
     assert sorted(p.name for p in (out / "runs").glob("*/result.json")) == ["result.json"] * 2
+    # the closing note names the demo's own plots (its runs, their learning curves), which exist
+    plots_line = re.search(r"^  plots: +(.*)$", text, re.M).group(1).split(", ")
+    assert {"plots/runs.png", "plots/learning_curves.png"} <= set(plots_line)
+    assert all((out / name).is_file() for name in plots_line)
 
     again = demo(experiment, out)
     assert again.returncode == 0, again.stdout + again.stderr
