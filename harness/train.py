@@ -199,7 +199,7 @@ class SeededItems(Dataset):
             return self.base[index]
 
 
-def _build_splits(cfg: RunConfig, info: distributed.DistInfo, progress: bool):
+def _build_splits(cfg: RunConfig, info: distributed.DistInfo, progress: bool, log=None):
     from harness.data import build_dataset
     from harness.data.base import PointCloudDataset
 
@@ -208,7 +208,10 @@ def _build_splits(cfg: RunConfig, info: distributed.DistInfo, progress: bool):
     opts: dict = {"permute": d.permute_train}
     test_opts: dict = {"permute": False}
     if d.dataset == "modelnet40":
-        extra = {"use_normals": d.use_normals, "progress": progress and info.is_main}
+        # a missing .dat cache is built here (minutes on the real data): a bar on a terminal,
+        # and progress lines in the run's log either way
+        extra = {"use_normals": d.use_normals, "progress": progress and info.is_main,
+                 "log": log if info.is_main else None}
         opts.update(extra)
         test_opts.update(extra)
 
@@ -423,7 +426,7 @@ class _Run:
             self.rdir.mkdir(parents=True, exist_ok=True)
 
         # data
-        train, val, test = _build_splits(cfg, info, self.progress)
+        train, val, test = _build_splits(cfg, info, self.progress, self.log)
         self.train_ds = SeededItems(train, cfg.train.seed)
         self.n_train, self.n_test = len(train), len(test)
         self.n_val = len(val) if val is not None else 0

@@ -214,3 +214,24 @@ def test_cache_build_logs_progress_lines(synth_root, tmp_path):
     assert lines[0].startswith(f"building {modelnet40.cache_path(root, 'train')} from 6 shapes")
     assert lines[-1].startswith("building modelnet40_train_8192pts_fps.dat: 6/6 (100%)")
     assert len(lines) == 1 + 6   # one line per shape: 10 % of 6 rounds down to every shape
+
+
+def test_training_logs_the_cache_build(synth_root, tmp_path):
+    """A run whose ModelNet40 caches are missing builds them with progress lines in its log."""
+    from types import SimpleNamespace
+
+    from harness import distributed, train
+
+    root = tmp_path / "copy"
+    shutil.copytree(synth_root, root)
+    for p in root.glob("*.dat"):
+        p.unlink()
+    cfg = SimpleNamespace(data=SimpleNamespace(dataset="modelnet40", root=str(root), permute_train=True,
+                                               use_normals=False, val_fraction=0.0))
+    lines = []
+    tr, _, te = train._build_splits(cfg, distributed.DistInfo(), False, lines.append)
+    assert (len(tr), len(te)) == (6, 3)
+    for split, n in (("train", 6), ("test", 3)):
+        assert any(line.startswith(f"building {root / f'modelnet40_{split}_8192pts_fps.dat'} from {n} shapes")
+                   for line in lines)
+        assert f"building modelnet40_{split}_8192pts_fps.dat: {n}/{n} (100%)" in "\n".join(lines)
