@@ -23,8 +23,8 @@ process, printing each run's epochs as they finish, then collect the result reco
 tables and plots. Outputs go to results/demo/ (runs/, tables.md, summary.csv, plots/). The
 numbers are pipeline checks, not reproductions.
 
-Measured on 2 CPU cores: about 50 s of CPU time in all; about a minute of wall time on a quiet
-machine (more when other work shares the cores). A second run skips the finished runs."""
+Measured: about 55 s of CPU time in all, on one thread, so about a minute of wall time on a
+quiet machine (more while other work shares the cores). A second run skips the finished runs."""
 
 SYNTH = {"num_classes": 5, "train_per_class": 16, "test_per_class": 8, "seed": 0}
 
