@@ -44,7 +44,7 @@ class ClusterProfile:
     mem_gb: float | None = None
     timeout_min: int = 24 * 60
     nodes: int = 1
-    tasks_per_node: int = 1
+    tasks_per_node: int | None = None      # None: one task (DDP rank) per GPU, see tasks_per_node_of
     array_parallelism: int = 32
     signal_delay_s: int = 120
     max_num_timeout: int = 3
@@ -176,6 +176,14 @@ class TrainJob(submitit.helpers.Checkpointable):
         return train.run_from_spec(spec)
 
 
+def tasks_per_node_of(profile: ClusterProfile) -> int:
+    """SLURM tasks per node of a job: the profile's ``tasks_per_node``, else one per GPU
+    (``gpus_per_node``, at least 1), so that more GPUs per node means DDP over them."""
+    if profile.tasks_per_node is not None:
+        return profile.tasks_per_node
+    return max(1, profile.gpus_per_node)
+
+
 def _slurm_parameters(profile: ClusterProfile, job_name: str) -> dict[str, Any]:
     params: dict[str, Any] = {
         "slurm_partition": profile.partition,
@@ -184,7 +192,7 @@ def _slurm_parameters(profile: ClusterProfile, job_name: str) -> dict[str, Any]:
         "cpus_per_task": profile.cpus_per_task,
         "timeout_min": profile.timeout_min,
         "nodes": profile.nodes,
-        "tasks_per_node": profile.tasks_per_node,
+        "tasks_per_node": tasks_per_node_of(profile),
         "slurm_array_parallelism": profile.array_parallelism,
         "slurm_signal_delay_s": profile.signal_delay_s,
     }

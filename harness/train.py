@@ -1,6 +1,6 @@
 """One training run: ``run(cfg) -> result record``.
 
-What a run does, in order (spec backbones 9.1, point-peft 8):
+What a run does, in order (the official fine-tuning runners, which Point-PEFT reuses):
 1. check the files it needs (one-line error before any work); return the record at once if
    the run is already done; join the process group (torchrun / submitit / single process);
 2. data: official train / test splits, an optional seeded validation split carved from train;
@@ -71,6 +71,16 @@ class NonFiniteLoss(TrainingError, FloatingPointError):
 
 
 # ----------------------------------------------------------------------------- small helpers
+
+def data_workers(configured: int | None) -> int:
+    """DataLoader workers for ``data.num_workers``: the configured count, or for null
+    min(4, usable CPUs - 1), the CPUs being those this process may run on (a SLURM job's
+    ``--cpus-per-task``); 0 on one CPU. Quiet on a 2-core laptop (1 worker), 4 on a GPU node."""
+    if configured is not None:
+        return configured
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus - 1))
+
 
 def _mix(*parts) -> int:
     """A 63-bit seed from any parts (stable across processes and Python runs)."""
@@ -194,7 +204,7 @@ class SeededItems(Dataset):
             return self.base[index]
 
 
-def _build_splits(cfg: RunConfig, info: distributed.DistInfo, progress: bool):
+def _build_splits(cfg: RunConfig, info: distributed.DistInfo, progress: bool, log=None):
     from harness.data import build_dataset
     from harness.data.base import PointCloudDataset
 
@@ -203,7 +213,10 @@ def _build_splits(cfg: RunConfig, info: distributed.DistInfo, progress: bool):
     opts: dict = {"permute": d.permute_train}
     test_opts: dict = {"permute": False}
     if d.dataset == "modelnet40":
-        extra = {"use_normals": d.use_normals, "progress": progress and info.is_main}
+        # a missing .dat cache is built here (minutes on the real data): a bar on a terminal,
+        # and progress lines in the run's log either way
+        extra = {"use_normals": d.use_normals, "progress": progress and info.is_main,
+                 "log": log if info.is_main else None}
         opts.update(extra)
         test_opts.update(extra)
 
@@ -332,19 +345,24 @@ def _prepare_memory_bank(cfg: RunConfig, net: nn.Module, train_ds: Dataset, rdir
                          info: distributed.DistInfo, device: torch.device, progress: bool,
                          log) -> dict | None:
     """A PEFT model's bank: ``method_options.bank_path``, else the run's own ``memory_bank.pt``,
-    else built by rank 0 from the train split (no shuffle, drop_last) and saved there."""
+    else built by rank 0 from the train split (no shuffle; every sample, or the official
+    drop_last in faithful mode: ``harness.memory_bank.bank_drop_last``) and saved there."""
     if not _needs_bank(net):
         return None
-    from harness.memory_bank import build_memory_bank, load_memory_bank, read_memory_bank, save_memory_bank
+    from harness.memory_bank import (bank_drop_last, build_memory_bank, load_memory_bank, read_memory_bank,
+                                     save_memory_bank)
 
     given = cfg.model.method_options.get("bank_path")
     path = resolve_path(given) if given else rdir / "memory_bank.pt"
     if not given and not path.is_file():
         if info.is_main:
+            drop = bank_drop_last(net)
             loader = DataLoader(_fixed_view(train_ds), batch_size=cfg.train.batch_size, shuffle=False,
-                                drop_last=True, num_workers=cfg.data.num_workers,
+                                drop_last=drop, num_workers=data_workers(cfg.data.num_workers),
                                 collate_fn=functools.partial(_fps_collate, npoints=cfg.data.npoints))
-            log(f"building the memory bank from {len(loader) * cfg.train.batch_size} train samples -> {path}")
+            count = len(loader) * cfg.train.batch_size if drop else len(loader.dataset)
+            log(f"building the memory bank from {count} of {len(loader.dataset)} train samples"
+                f"{' (faithful mode: the official drop_last)' if drop else ''} -> {path}")
             was_training = net.training
             net.eval()
             with torch.random.fork_rng(devices=[]):
@@ -414,7 +432,7 @@ class _Run:
             self.rdir.mkdir(parents=True, exist_ok=True)
 
         # data
-        train, val, test = _build_splits(cfg, info, self.progress)
+        train, val, test = _build_splits(cfg, info, self.progress, self.log)
         self.train_ds = SeededItems(train, cfg.train.seed)
         self.n_train, self.n_test = len(train), len(test)
         self.n_val = len(val) if val is not None else 0
@@ -425,7 +443,7 @@ class _Run:
         self.loader_gen = torch.Generator()
         pin = self.device.type == "cuda"
         self.train_loader = DataLoader(self.train_ds, batch_size=self.local_bs, sampler=self.sampler,
-                                       drop_last=True, num_workers=cfg.data.num_workers, pin_memory=pin,
+                                       drop_last=True, num_workers=data_workers(cfg.data.num_workers), pin_memory=pin,
                                        worker_init_fn=_worker_init, generator=self.loader_gen)
         if len(self.train_loader) == 0:
             raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is more than the "
@@ -433,7 +451,7 @@ class _Run:
 
         def eval_loader(ds):
             return DataLoader(_shard(ds, info), batch_size=self.local_eval_bs, shuffle=False,
-                              num_workers=cfg.data.num_workers, pin_memory=pin, worker_init_fn=_worker_init)
+                              num_workers=data_workers(cfg.data.num_workers), pin_memory=pin, worker_init_fn=_worker_init)
         self.test_loader = eval_loader(test)
         self.val_loader = eval_loader(val) if val is not None else None
         sample_n = test.points.shape[1] if hasattr(test, "points") else cfg.data.point_all
@@ -754,12 +772,15 @@ class _Run:
         write_bytes_atomic(self.rdir / "metrics.csv", buf.getvalue().encode())
 
     def open_tensorboard(self, start_epoch: int):
-        if not (self.info.is_main and self.cfg.output.tensorboard):
+        wanted = self.cfg.output.tensorboard   # null: when tensorboard is installed, silently off otherwise
+        if not self.info.is_main or wanted is False:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # noqa: BLE001 - tensorboard not installed or broken
-            self.note("tensorboard is not importable: no TensorBoard events written")
+            if wanted:
+                self.note("tensorboard is not importable: no TensorBoard events written "
+                          "(pip install tensorboard, or set output.tensorboard: null)")
             return None
         return SummaryWriter(str(self.rdir / "tb"), purge_step=start_epoch if start_epoch else None)
 
@@ -834,6 +855,8 @@ class _Run:
             parts.append(f"val {row['val_acc']:.2f}%")
         if row.get("samples_per_s"):
             parts.append(f"{row['samples_per_s']:.1f} samples/s")
+        if row.get("epoch_time_s") is not None:
+            parts.append(f"{row['epoch_time_s']:.1f} s")
         return ", ".join(parts)
 
 

@@ -30,7 +30,7 @@ BACKBONES: dict[str, dict[str, Any]] = {
     },
     # Official Point-BERT recipe for both families: 1024 points, 64 x 32 (its ScanObjectNN cfgs
     # too). Point-PEFT's Point-BERT port would use 2048 points / 128 x 32 on ScanObjectNN
-    # (spec point-peft §10): override num_group / npoints for that.
+    # (docs/point-peft.md §10): override num_group / npoints for that.
     "point_bert": {
         "config": PointBERTConfig,
         "model": PointBERT,

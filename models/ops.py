@@ -4,7 +4,7 @@ Pure-PyTorch implementations that reproduce the exact semantics of the CUDA kern
 official projects use (``pointnet2_ops.furthest_point_sample``, ``knn_cuda.KNN``) and of
 Point-BERT's ``knn_point``. When the CUDA extensions are importable and the tensors are on a
 CUDA device, the extensions are called instead; both paths give the same indices (up to the
-1-ulp FMA differences the spec mentions for the CUDA kernels).
+1-ulp FMA differences documented for the CUDA kernels).
 
 All functions are batched: inputs are (B, N, 3) and no Python loop runs over points (FPS
 iterates over its sample count, as the kernel does).

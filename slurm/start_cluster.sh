@@ -22,7 +22,7 @@
 # started here is stopped again), 2 bad usage, 3 prerequisites missing (not root, no apt,
 # packages not installable) -- tests skip on 3 and fail on 1 (a busy port is 1: loud).
 #
-# Why it looks like this: see /work/shared/notes/slurm-single-node.md (measured facts):
+# Why it looks like this (measured facts; slurm/README.md has the details):
 # munged must run as the munge user, GPU GRES need File= char devices, CR_Core (not
 # CR_Core_Memory), cred_expire=10 + sched_interval=2 so requeues restart in seconds.
 set -euo pipefail

@@ -41,7 +41,7 @@ def _ok(entries: list[dict]) -> list[dict]:
 
 
 def build_targets(report: dict) -> list[dict]:
-    """Each issue target with its measured value, threshold and pass / fail / not-measured."""
+    """Each target with its measured value, threshold and pass / fail / not-measured."""
     device, parts = report["device"], set(report.get("parts", PARTS))
     targets = []
 

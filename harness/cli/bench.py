@@ -12,7 +12,8 @@ from harness.bench.common import PARTS, BenchSetupError
 ROOT = Path(__file__).resolve().parents[2]
 
 HELP = """\
-Measure how fast and how light the project is, and score it against issue 9's targets:
+Measure how fast and how light the project is, and score it against the project's targets
+(listed in the report's Targets table with their thresholds):
 
   ops      FPS 2048->128 and 8192->1024, kNN 32 of 2048 for 128 centers (batch 32): ours vs
            fpsample / torch_cluster / pytorch3d (CPU) or pointnet2_ops / knn_cuda (CUDA);

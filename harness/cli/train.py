@@ -13,7 +13,10 @@ from models.errors import BenchError
 HELP = """\
 Train and evaluate one run from a config file and write its folder
 <runs_dir>/<run_id>/: result.json (the record), metrics.csv, checkpoint.pt (every epoch),
-best_test.pt, TensorBoard events (tb/), and memory_bank.pt for a Point-PEFT run that builds one.
+best_test.pt, TensorBoard events (tb/; output.tensorboard null = when tensorboard is installed),
+and memory_bank.pt for a Point-PEFT run that builds one. Progress (one line per epoch, and per
+10% of a ModelNet40 .dat cache being built) goes to stdout: the terminal, or the job's log
+(results/submitit/<experiment>/) under `submit`.
 
 The config is YAML with `_base_` inheritance (see experiments/recipes/); --set overrides any
 dotted key with a YAML value. Relative paths in the config (data.root, model.pretrained,

@@ -37,8 +37,14 @@ class CheckReport:
 
 def _modelnet40_counts(info: DatasetInfo, root: Path, split: str, deep: bool,
                        report: CheckReport) -> list[int]:
+    names = modelnet40.class_names(root)
+    list_file, cache = modelnet40.list_path(root, split), modelnet40.cache_path(root, split)
+    if not list_file.is_file() and cache.is_file():   # Point-BERT's ready caches alone
+        labels = modelnet40.read_cache(cache, None, 8192)[1]
+        report.notes.append(f"{split}: {cache.name} read alone (no {list_file.name}: labels checked "
+                            "for range only; the list and shape files are needed only to rebuild it)")
+        return np.bincount(labels, minlength=info.num_classes).tolist()
     names, files, labels = modelnet40.read_split(root, split)
-    list_file = root / f"modelnet40_{split}.txt"
     if tuple(names) != info.class_names:
         report.errors.append(str(data_error(
             root / "modelnet40_shape_names.txt", "found names in a different order or spelling",
@@ -48,7 +54,6 @@ def _modelnet40_counts(info: DatasetInfo, root: Path, split: str, deep: bool,
         raise data_error(missing[0], f"no such file ({len(missing)} of {len(files)} shapes "
                          f"listed in {list_file.name} are missing)",
                          "one <class>/<id>.txt per listed id", info.source)
-    cache = modelnet40.cache_path(root, split)
     if cache.is_file():
         modelnet40.read_cache(cache, labels, 8192)
         report.notes.append(f"{split}: cache {cache.name} matches {list_file.name}")
