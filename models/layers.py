@@ -148,6 +148,15 @@ class MiniPointNet(nn.Module):
 
     Point-MAE / Point-BERT ``Encoder`` is MiniPointNet(3, 128, 256, 512, E); Point-M2AE's
     token-merging levels use MiniPointNet(c, c, c, d, d). Input (B, G, K, C_in) -> (B, G, out).
+
+    The official layers are 1x1 ``Conv1d`` on (groups, channels, points) and keep those
+    parameter names and shapes; the forward runs them as ``F.linear`` on channels-last
+    (groups * points, channels) rows, which is the same maths (float rounding aside, ~1e-6) and
+    2-4x faster on the CPU, backward included (mkldnn's 1x1 convolution backward is slow).
+    BatchNorm normalises over the same groups * points values per channel. The second stage's
+    first layer acts on [global; local]: W [g; l] + b = (W_g g + b) + W_l l, so the global half
+    is computed once per group instead of once per point (a quarter of the encoder's
+    multiply-adds).
     """
 
     def __init__(self, in_channels: int, hidden1: int, mid: int, hidden2: int, out_channels: int):
@@ -162,11 +171,21 @@ class MiniPointNet(nn.Module):
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         b, g, k, c = groups.shape
-        feat = self.first_conv(groups.reshape(b * g, k, c).transpose(1, 2))  # (BG, mid, K)
-        glob = feat.max(dim=2, keepdim=True).values
-        feat = torch.cat([glob.expand(-1, -1, k), feat], dim=1)
-        feat = self.second_conv(feat).max(dim=2).values
-        return feat.view(b, g, self.out_channels)
+        feat = _channels_last(self.first_conv, groups.reshape(b * g * k, c)).view(b * g, k, -1)
+        glob = feat.max(dim=1).values  # (BG, mid)
+        first = self.second_conv[0]
+        mid = feat.shape[-1]
+        weight = first.weight[:, :, 0]
+        feat = F.linear(feat, weight[:, mid:]) + F.linear(glob, weight[:, :mid], first.bias)[:, None, :]
+        feat = _channels_last(self.second_conv[1:], feat.view(b * g * k, -1))
+        return feat.view(b * g, k, -1).max(dim=1).values.view(b, g, self.out_channels)
+
+
+def _channels_last(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run Conv1d(k=1) / BatchNorm1d / ReLU layers on (rows, channels) input."""
+    for layer in seq:
+        x = F.linear(x, layer.weight[:, :, 0], layer.bias) if isinstance(layer, nn.Conv1d) else layer(x)
+    return x
 
 
 def point_encoder(out_channels: int) -> MiniPointNet:
