@@ -9,8 +9,51 @@ from __future__ import annotations
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from models import ops
+from models.errors import ConfigError
+
+# Activation recomputation of the transformer sub-layers (``Mlp``, ``Attention``), a memory
+# lever: "frozen" recomputes a sub-layer in backward (saving only its input) when its weights
+# are frozen (PEFT methods), "all" always, "off" never. Recomputation repeats the same float
+# operations, so values and gradients are bit-for-bit those without it. A frozen linear layer
+# already saves no input (autograd keeps only what the required gradients need), so what
+# "frozen" drops are the GELU input (4x the width) and the attention's q, k, v and output.
+RECOMPUTE_MODES = ("off", "frozen", "all")
+DEFAULT_RECOMPUTE = "frozen"
+
+
+class Recomputable(nn.Module):
+    """A sub-layer whose forward may run under ``torch.utils.checkpoint`` (see RECOMPUTE_MODES)."""
+
+    recompute = DEFAULT_RECOMPUTE
+
+    def set_recompute(self, mode: str) -> None:
+        if mode not in RECOMPUTE_MODES:
+            raise ConfigError(f"recompute {mode!r} is not one of {RECOMPUTE_MODES}")
+        self.recompute = mode
+
+    def _recomputes(self) -> bool:
+        if self.recompute == "off" or not torch.is_grad_enabled():
+            return False
+        return self.recompute == "all" or not any(p.requires_grad for p in self._weights())
+
+    def _weights(self):
+        raise NotImplementedError
+
+    def _run(self, fn, *args):
+        if self._recomputes():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+
+def set_recompute(model: nn.Module, mode: str) -> nn.Module:
+    """Set the recompute mode (``RECOMPUTE_MODES``) of every sub-layer of ``model``."""
+    for m in model.modules():
+        if isinstance(m, Recomputable):
+            m.set_recompute(mode)
+    return model
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
@@ -41,7 +84,7 @@ def drop_path_rates(max_rate: float, depth: int) -> list[float]:
     return [float(r) for r in torch.linspace(0, max_rate, depth)]
 
 
-class Mlp(nn.Module):
+class Mlp(Recomputable):
     """fc1 -> GELU (exact erf form) -> fc2; dropout 0 as in all three backbones."""
 
     def __init__(self, dim: int, hidden: int):
@@ -50,11 +93,17 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _weights(self):
+        return self.fc1.weight, self.fc2.weight
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self._forward, x)
 
-class Attention(nn.Module):
+
+class Attention(Recomputable):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
     qkv has no bias and proj has one, as in the official blocks. ``mask`` is boolean with
@@ -69,7 +118,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
+    def _weights(self):
+        return self.qkv.weight, self.proj.weight
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._run(self._forward, x, mask)
+
+    def _forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         if mask is not None and mask.dim() == 3:
