@@ -41,8 +41,8 @@ OFFICIAL_CPU_CSV = ROOT / "results" / "reference" / "official_cpu_speed.csv"
 OFFICIAL_NOTE = "official figure measured on a machine of the same kind (2 cores), not re-measured here"
 
 # Memory levers measured beside the default build: (name, backbone_options, what it shows).
-LEVERS = (("recompute off", {"recompute": "off"},
-           "default recompute='frozen' vs off: frozen attention / MLP sub-layers recomputed in backward"),)
+LEVERS = (("recompute frozen", {"recompute": "frozen"},
+           "default recompute='off' vs 'frozen': frozen attention / MLP sub-layers recomputed in backward"),)
 LEVER_METHODS = ("point_peft",)
 
 

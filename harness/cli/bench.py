@@ -20,7 +20,7 @@ Measure how fast and how light the project is, and score it against its targets
            libraries that are not installed are skipped with a note
   models   training and eval samples/s, CPU time and peak memory of every registered backbone x
            method (ScanObjectNN-family geometry, batch 32; on CUDA also bf16), one fresh process
-           each; Point-PEFT also with each memory lever switched off; on the CPU beside the
+           each; Point-PEFT also with each memory lever switched on; on the CPU beside the
            official code's reference figures (results/reference/official_cpu_speed.csv)
   tooling  expand + dry-run submit of a 1,000-run matrix; tables from 10,000 result records
   epoch    (--epoch) a real training epoch of PB_T50_RS size (11,416 clouds of 2,048 points,
