@@ -70,6 +70,7 @@ def saved_bytes(model, pts) -> tuple[int, torch.Tensor]:
     return sum(seen.values()), out
 
 
+@pytest.mark.filterwarnings("ignore:Point-PEFT ran without a memory bank")
 def test_recompute_frozen_keeps_values_and_gradients_and_saves_less():
     pts = torch.rand(2, 256, 3) * 2 - 1
     results = {}
