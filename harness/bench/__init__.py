@@ -1,17 +1,22 @@
 """``run_all.py bench``: speed and memory of the ops, the models and the tooling.
 
-Three parts, each selectable with ``--only``:
+Five parts, each selectable with ``--only`` (a plain run: the first three):
 
 * ``ops`` (``ops_cases``): our FPS / kNN vs fpsample, torch_cluster, pytorch3d (CPU) or
   pointnet2_ops, knn_cuda (CUDA), median seconds and ours/theirs;
 * ``models`` (``model_cases``): training and eval samples/s and peak memory of every registered
   backbone x method, one fresh process per case (``python -m harness.bench --one SPEC``);
 * ``tooling`` (``tooling_cases``): expanding + dry-run submitting 1,000 runs, reporting the
-  status of 1,000 SLURM runs, and building the tables from 100,000 result records.
+  status of 1,000 SLURM runs, and building the tables from 100,000 result records;
+* ``epoch`` (``epoch_cases``, ``--epoch``): a real training epoch of PB_T50_RS size per backbone x
+  {full, point_peft} (x fp32/bf16 x compile off/on on CUDA);
+* ``scaling`` (``scaling``, ``--scaling``): step time and peak memory as points and batch grow,
+  with fitted growth exponents and a log-log PNG.
 
 ``run_bench`` returns the report (a plain dict, schema in ``results/bench/README.md``);
-``report.build_targets`` scores it against the project's targets (``report.build_targets``) and ``write_outputs`` writes
-``<out>/<device>-<date>[-quick].json`` and ``.md`` and the README block between
+``report.build_targets`` scores it against the project's targets and ``write_outputs`` writes
+``<out>/<device>-<date>[-epoch][-scaling][-quick].json`` and ``.md`` (and ``-scaling.png``), and
+for a run of the default parts the README block between
 ``<!-- bench:<device>:start -->`` and ``<!-- bench:<device>:end -->``.
 """
 from __future__ import annotations
@@ -23,19 +28,21 @@ import sys
 import time
 from pathlib import Path
 
-from harness.bench.common import (PARTS, SCHEMA_VERSION, BenchSetupError, check_device, device_name,
-                                  git_commit)
+from harness.bench.common import (DEFAULT_PARTS, PARTS, SCHEMA_VERSION, BenchSetupError, check_device,
+                                  device_name, git_commit)
 from harness.bench.report import (MarkersMissing, build_targets, inject_block, output_paths, readme_markers,
                                   render_markdown, to_json, validate_report)
 
 __all__ = ["run_bench", "write_outputs", "BenchSetupError", "PARTS", "validate_report", "render_markdown"]
 
 
-def run_bench(device: str = "cpu", quick: bool = False, only=PARTS, log=print, backbones=None,
-              methods=None, command: str | None = None, threads: int | None = None) -> dict:
+def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=print, backbones=None,
+              methods=None, command: str | None = None, threads: int | None = None,
+              epoch_samples: int | None = None) -> dict:
     """Measure the selected parts on ``device`` and return the report with its targets.
 
     ``threads``: torch intra-op threads for every measurement (default: torch's default).
+    ``epoch_samples``: clouds in the epoch part's epoch (default 11,416, PB_T50_RS train).
     """
     import torch
 
@@ -43,7 +50,7 @@ def run_bench(device: str = "cpu", quick: bool = False, only=PARTS, log=print, b
     if threads:
         torch.set_num_threads(int(threads))
     only = tuple(p for p in PARTS if p in set(only))
-    from harness.bench import model_cases, ops_cases, tooling_cases
+    from harness.bench import epoch_cases, model_cases, ops_cases, scaling, tooling_cases
 
     started = time.perf_counter()
     report = {
@@ -53,7 +60,7 @@ def run_bench(device: str = "cpu", quick: bool = False, only=PARTS, log=print, b
         "quick": bool(quick), "parts": list(only), "git_commit": git_commit(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "command": command, "model_batch": None,
-        "ops": [], "models": [], "tooling": [], "targets": [],
+        "ops": [], "models": [], "tooling": [], "epoch": [], "scaling": [], "targets": [],
     }
     if "ops" in only:
         report["ops"] = ops_cases.run_ops(device, quick, log=log)
@@ -64,6 +71,12 @@ def run_bench(device: str = "cpu", quick: bool = False, only=PARTS, log=print, b
         report["model_batch"] = batches[0] if len(batches) == 1 else (batches or None)
     if "tooling" in only:
         report["tooling"] = tooling_cases.run_tooling(quick, log=log)
+    if "epoch" in only:
+        report["epoch"] = epoch_cases.run_epochs(device, epoch_samples or epoch_cases.PB_T50_RS_TRAIN, log=log,
+                                                 backbones=backbones, threads=torch.get_num_threads())
+    if "scaling" in only:
+        report["scaling"] = scaling.run_scaling(device, quick, log=log, backbones=backbones,
+                                                threads=torch.get_num_threads())
     report["targets"] = build_targets(report)
     report["wall_s"] = time.perf_counter() - started
     problems = validate_report(report)
@@ -81,10 +94,17 @@ def write_outputs(report: dict, out_dir: Path, readme: Path | None) -> dict:
     from harness.results import write_bytes_atomic
 
     json_path, md_path = output_paths(Path(out_dir), report)
+    if report.get("scaling"):
+        from harness.bench.scaling import plot
+        png = md_path.with_name(md_path.stem + "-scaling.png")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot(report["scaling"], png)
+        report["scaling_plot"] = png.name
     markdown = render_markdown(report)
     write_bytes_atomic(json_path, to_json(report))
     write_bytes_atomic(md_path, markdown.encode())
-    done = {"json": json_path, "markdown": md_path, "readme": None, "readme_note": "README not requested"}
+    done = {"json": json_path, "markdown": md_path, "readme": None, "readme_note": "README not requested",
+            "plot": md_path.with_name(report["scaling_plot"]) if report.get("scaling_plot") else None}
     if readme is not None:
         start, end = readme_markers(report["device"])
         try:

@@ -14,7 +14,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_VERSION = 1
 DEVICES = ("cpu", "cuda")
-PARTS = ("ops", "models", "tooling")
+PARTS = ("ops", "models", "tooling", "epoch", "scaling")
+DEFAULT_PARTS = ("ops", "models", "tooling")  # a plain `bench`; epoch and scaling are asked for
+EXTRA_PARTS = ("epoch", "scaling")
 STATUSES = ("pass", "fail", "not-measured")  # of a target
 ENTRY_STATUSES = ("ok", "skipped", "error")  # of a measurement
 

@@ -34,15 +34,36 @@ BANK_COLUMNS = 11416  # ScanObjectNN PB_T50_RS training samples = one column eac
 QUICK_CPU_BATCH = 4
 RESULT_MARK = "BENCH_RESULT "
 
-# The official implementations, timed once on a machine of our kind (2-core CPU):
-# CPU, 2 threads, float32, batch 32. (s per train step, s per eval forward, peak RSS increase)
-OFFICIAL_CPU = {
-    ("point_mae", "full"): (7.76, 2.53, 3.9e9),
-    ("point_mae", "point_peft"): (22.15, 7.84, 6.3e9),
-    ("point_m2ae", "full"): (28.41, 10.06, 8.2e9),
-    ("point_m2ae", "point_peft"): (64.56, 27.40, 16.8e9),
-    ("point_bert", "full"): (2.54, 0.85, 2.0e9),
-}
+# The official implementations' CPU step times (2 threads, float32, batch 32, AdamW), measured
+# on a machine of the same kind as the bench's (the official code is not shipped, so the bench
+# cannot re-measure it): one row per case, with when and how it was measured.
+OFFICIAL_CPU_CSV = ROOT / "results" / "reference" / "official_cpu_speed.csv"
+OFFICIAL_NOTE = "official figure measured on a machine of the same kind (2 cores), not re-measured here"
+
+# Memory levers measured beside the default build: (name, backbone_options, what it shows).
+LEVERS = (("recompute frozen", {"recompute": "frozen"},
+           "default recompute='off' vs 'frozen': frozen attention / MLP sub-layers recomputed in backward"),)
+LEVER_METHODS = ("point_peft",)
+
+
+def official_reference(path=None) -> dict:
+    """{(backbone, method): row} of the official CPU figures (``OFFICIAL_CPU_CSV``); {} if absent."""
+    import csv
+
+    path = path or OFFICIAL_CPU_CSV
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for row in rows:
+        out[(row["backbone"], row["method"])] = {
+            "points": int(row["points"]), "batch": int(row["batch"]), "threads": int(row["threads"]),
+            "train_step_s": float(row["train_step_s"]), "eval_step_s": float(row["eval_step_s"]),
+            "peak_train_memory_bytes": float(row["peak_rss_increase_bytes"]), "measured": row["measured"],
+            "how": row["how"], "source": f"{path.name if hasattr(path, 'name') else path} ({OFFICIAL_NOTE})"}
+    return out
 
 
 def model_specs(device: str, quick: bool, backbones=None, methods=None, threads: int | None = None) -> list[dict]:
@@ -62,18 +83,24 @@ def model_specs(device: str, quick: bool, backbones=None, methods=None, threads:
         for method in METHODS:
             if methods and method not in methods:
                 continue
+            variants = [(None, {})]
+            if method in LEVER_METHODS:
+                variants += [(name, options) for name, options, _ in LEVERS]
             for precision in precisions:
-                specs.append({"backbone": backbone, "method": method, "family": FAMILY,
-                              "num_classes": NUM_CLASSES, "npoints": default_npoints(backbone, FAMILY),
-                              "batch": batch, "precision": precision, "device": device,
-                              "warmup": warmup, "steps": steps, "eval_warmup": warmup,
-                              "eval_steps": eval_steps, "bank_columns": BANK_COLUMNS, "seed": 0,
-                              "backbone_options": {}, "method_options": {}, "threads": threads})
+                for variant, options in variants:
+                    specs.append({"backbone": backbone, "method": method, "family": FAMILY,
+                                  "num_classes": NUM_CLASSES, "npoints": default_npoints(backbone, FAMILY),
+                                  "batch": batch, "precision": precision, "device": device,
+                                  "warmup": warmup, "steps": steps, "eval_warmup": warmup,
+                                  "eval_steps": eval_steps, "bank_columns": BANK_COLUMNS, "seed": 0,
+                                  "backbone_options": dict(options), "method_options": {}, "threads": threads,
+                                  "variant": variant})
     return specs
 
 
 def case_name(spec: dict) -> str:
-    return f"{spec['backbone']} / {spec['method']} ({spec['precision']})"
+    variant = f", {spec['variant']}" if spec.get("variant") else ""
+    return f"{spec['backbone']} / {spec['method']} ({spec['precision']}{variant})"
 
 
 # ------------------------------------------------------------------ child: one measurement
@@ -125,8 +152,13 @@ def measure_one(spec: dict) -> dict:
         loss.backward()
         opt.step()
 
+    cpu_s = {}
+
     def timed(fn, warmup, steps):
-        return time_calls(fn, steps, warmup=warmup, device=device)
+        start = time.process_time()
+        times = time_calls(fn, steps, warmup=warmup, device=device)
+        cpu_s["train" if fn is train_step else "eval"] = (time.process_time() - start) / (warmup + steps)
+        return times
 
     if device == "cuda":
         sync(device)
@@ -152,7 +184,7 @@ def measure_one(spec: dict) -> dict:
         memory = {"peak_train_memory_bytes": rss.peak_increase(), "peak_eval_memory_bytes": eval_peak}
         method = f"peak RSS increase over the steps ({rss.method})"
     train_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
-    return {"train_step_s": train_s, "eval_step_s": eval_s,
+    return {"train_cpu_s": cpu_s["train"], "eval_cpu_s": cpu_s["eval"],"train_step_s": train_s, "eval_step_s": eval_s,
             "train_samples_per_s": b / train_s, "eval_samples_per_s": b / eval_s,
             "train_times": train_times, "eval_times": eval_times, **memory,
             "memory_method": method, "trainable_params": counts.trainable, "total_params": counts.total,
@@ -162,7 +194,11 @@ def measure_one(spec: dict) -> dict:
 def child_main(spec_json: str) -> int:
     """Entry of ``python -m harness.bench --one SPEC``: print one result line."""
     spec = json.loads(spec_json)
-    result = measure_one(spec)
+    if spec.get("kind") == "epoch":
+        from harness.bench.epoch_cases import measure_epoch
+        result = measure_epoch(spec)
+    else:
+        result = measure_one(spec)
     sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
@@ -170,7 +206,7 @@ def child_main(spec_json: str) -> int:
 
 # ------------------------------------------------------------------ parent
 
-UNITS = {"train_samples_per_s": "samples/s", "eval_samples_per_s": "samples/s", "train_step_s": "s",
+UNITS = {"train_cpu_s": "s", "eval_cpu_s": "s", "train_samples_per_s": "samples/s", "eval_samples_per_s": "samples/s", "train_step_s": "s",
          "eval_step_s": "s", "peak_train_memory_bytes": "bytes", "peak_eval_memory_bytes": "bytes",
          "peak_train_memory_abs_bytes": "bytes", "peak_eval_memory_abs_bytes": "bytes",
          "trainable_params": "count", "total_params": "count"}
@@ -179,6 +215,7 @@ UNITS = {"train_samples_per_s": "samples/s", "eval_samples_per_s": "samples/s", 
 def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall: float | None = None) -> dict:
     values = {k: result[k] for k in UNITS if result and k in result}
     entry = {"name": case_name(spec), "backbone": spec["backbone"], "method": spec["method"],
+             "variant": spec.get("variant"),
              "family": spec["family"], "npoints": spec["npoints"], "batch": spec["batch"],
              "precision": spec["precision"], "status": status,
              "value": values.get("train_samples_per_s"), "unit": "samples/s",
@@ -192,11 +229,13 @@ def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall
         entry["threads"] = result["threads"]
     if wall is not None:
         entry["process_wall_s"] = wall
-    official = OFFICIAL_CPU.get((spec["backbone"], spec["method"]))
-    if official and spec["device"] == "cpu" and spec["batch"] == 32 and spec["precision"] == "fp32":
-        entry["official_cpu"] = {"train_step_s": official[0], "eval_step_s": official[1],
-                                 "peak_train_memory_bytes": official[2],
-                                 "source": "the official code timed on a 2-core CPU (2 threads, batch 32)"}
+    official = official_reference().get((spec["backbone"], spec["method"]))
+    if (official and not spec.get("variant") and spec["device"] == "cpu" and spec["precision"] == "fp32"
+            and spec["batch"] == official["batch"] and spec["npoints"] == official["points"]):
+        entry["official_cpu"] = official
+        if "train_step_s" in values:
+            entry["official_cpu"] = {**official, "train_speedup": official["train_step_s"] / values["train_step_s"],
+                                     "eval_speedup": official["eval_step_s"] / values["eval_step_s"]}
     return entry
 
 
@@ -208,7 +247,11 @@ def run_models(device: str, quick: bool, log=print, backbones=None, methods=None
     except Exception as err:  # noqa: BLE001 - e.g. a registry that does not import yet
         return [{"name": "models", "status": "error", "value": None, "unit": "samples/s", "values": {},
                  "units": {}, "notes": f"error: cannot list the models: {short_error(err)}"}]
-    timeout_s = timeout_s or (600 if quick else 3600)
+    return run_specs(specs, log, timeout_s or (600 if quick else 3600))
+
+
+def run_specs(specs: list[dict], log=print, timeout_s: float = 3600) -> list[dict]:
+    """Measure each spec in a fresh ``python -m harness.bench --one`` process."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     entries = []

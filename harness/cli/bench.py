@@ -7,31 +7,41 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.bench.common import PARTS, BenchSetupError
+from harness.bench.common import DEFAULT_PARTS, PARTS, BenchSetupError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 HELP = """\
-Measure how fast and how light the project is, and score it against the project's targets
-(listed in the report's Targets table with their thresholds):
+Measure how fast and how light the project is, and score it against its targets
+(pass / fail / not-measured, with the measured value or ratio):
 
   ops      FPS 2048->128 and 8192->1024, kNN 32 of 2048 for 128 centers (batch 32): ours vs
            fpsample / torch_cluster / pytorch3d (CPU) or pointnet2_ops / knn_cuda (CUDA);
            libraries that are not installed are skipped with a note
-  models   training and eval samples/s and peak memory of every registered backbone x method
-           (ScanObjectNN-family geometry, batch 32; on CUDA also bf16), one fresh process each
+  models   training and eval samples/s, CPU time and peak memory of every registered backbone x
+           method (ScanObjectNN-family geometry, batch 32; on CUDA also bf16), one fresh process
+           each; Point-PEFT also with each memory lever switched on; on the CPU beside the
+           official code's reference figures (results/reference/official_cpu_speed.csv)
   tooling  expand + dry-run submit of a 1,000-run matrix; status of 1,000 SLURM runs; tables
            from 100,000 result records
+  epoch    (--epoch) a real training epoch of PB_T50_RS size (11,416 clouds of 2,048 points,
+           --epoch-samples to change) through loader, FPS/subset, augmentation, forward,
+           backward, AdamW: full and Point-PEFT per backbone; on CUDA fp32/bf16 x compile off/on
+  scaling  (--scaling) training-step time and peak memory as points grow (1k-8k, batch 8) and
+           as batch grows (8-64): table, fitted growth exponents and a log-log PNG
 
-Writes OUT/<device>-<date>.json and .md (OUT/<device>-<date>-quick.* in --quick mode), prints
-the tables, and replaces the README block between <!-- bench:<device>:start --> and
+A plain run measures ops, models and tooling; writes OUT/<device>-<date>.json and .md
+(-epoch / -scaling / -quick in the name for those runs; -scaling.png for the plot), prints the
+tables, and replaces the README block between <!-- bench:<device>:start --> and
 <!-- bench:<device>:end --> (skipped with a note where the markers are absent). Timings are
 only meaningful on an otherwise idle machine; the load average at start is recorded.
 
 examples:
-  python run_all.py bench                      # everything, on cuda when available
-  python run_all.py bench --quick --no-readme  # smoke run (< 2 minutes on 2 CPU cores)
-  python run_all.py bench --device cpu --only ops,tooling"""
+  python run_all.py bench --device cpu --threads 2   # the README's CPU block (~15 min, idle machine)
+  python run_all.py bench --quick --no-readme        # smoke run (a few minutes on 2 CPU cores)
+  python run_all.py bench --device cpu --only ops,tooling
+  python run_all.py bench --scaling --quick          # cost curves, CI-sized
+  python run_all.py bench --device cuda --epoch      # the GPU epoch targets"""
 
 
 def _parts(text: str) -> list[str]:
@@ -53,8 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where to measure (default: cuda when available, else cpu)")
     p.add_argument("--quick", action="store_true",
                    help="fewer repeats, model batch 4 with 1 warm-up + 2 timed steps on the CPU (CI smoke run)")
-    p.add_argument("--only", type=_parts, default=list(PARTS), metavar="PARTS",
-                   help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
+    p.add_argument("--only", type=_parts, default=None, metavar="PARTS",
+                   help=f"comma-separated parts to run, of {','.join(PARTS)} (default {','.join(DEFAULT_PARTS)})")
+    p.add_argument("--epoch", action="store_true", help="add the epoch part (alone unless --only names others)")
+    p.add_argument("--epoch-samples", type=int, default=None, metavar="N",
+                   help="clouds in the epoch part's epoch (default 11416, PB_T50_RS train; >= 32)")
+    p.add_argument("--scaling", action="store_true", help="add the scaling part (alone unless --only names others)")
     p.add_argument("--backbone", type=_names, default=None, metavar="NAMES",
                    help="models part: only these backbones (comma-separated; default all registered)")
     p.add_argument("--method", type=_names, default=None, metavar="NAMES",
@@ -82,10 +96,14 @@ def run(args) -> int:
     for kind, names, valid in (("backbone", args.backbone, BACKBONES), ("method", args.method, METHODS)):
         for name in names or []:
             choose(kind, name, valid)
+    only = list(args.only or ([] if args.epoch or args.scaling else DEFAULT_PARTS))
+    only += [p for p, asked in (("epoch", args.epoch), ("scaling", args.scaling)) if asked and p not in only]
+    if args.epoch_samples is not None and args.epoch_samples < 32:
+        raise UserError(f"--epoch-samples must be at least one batch (32), got {args.epoch_samples}")
     if args.no_readme:
         readme = None
-    else:
-        readme = args.readme or (None if args.quick else ROOT / "README.md")
+    else:  # the README block shows the default parts only
+        readme = args.readme or (None if args.quick or set(only) != set(DEFAULT_PARTS) else ROOT / "README.md")
     command = None
     if sys.argv[1:2] == ["bench"]:  # run as `run_all.py bench ...`: recorded in the report
         command = "python run_all.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -95,19 +113,22 @@ def run(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
-    log(f"bench on {device} ({'quick' if args.quick else 'full'} mode): {', '.join(args.only)}")
+    log(f"bench on {device} ({'quick' if args.quick else 'full'} mode): {', '.join(only)}")
     load, cores = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), os.cpu_count() or 1
     if load > 0.5 * cores:
         log(f"note: load average {load:.2f} on {cores} cores: other work is running, timings will be noisy")
     try:
-        report = run_bench(device, args.quick, args.only, log=log, backbones=args.backbone,
-                           methods=args.method, command=command, threads=args.threads)
+        report = run_bench(device, args.quick, only, log=log, backbones=args.backbone,
+                           methods=args.method, command=command, threads=args.threads,
+                           epoch_samples=args.epoch_samples)
     except BenchSetupError as err:
         raise UserError(str(err)) from None
     done = write_outputs(report, args.out, readme)
     print(render_markdown(report))
     print(f"wrote {done['json']}")
     print(f"wrote {done['markdown']}")
+    if done.get("plot"):
+        print(f"wrote {done['plot']}")
     print(done["readme_note"])
     counts = {s: sum(t["status"] == s for t in report["targets"]) for s in ("pass", "fail", "not-measured")}
     print(f"targets: {counts['pass']} pass, {counts['fail']} fail, {counts['not-measured']} not measured "

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import Group, TransformerEncoder, drop_path_rates, mlp_head, point_encoder, pos_mlp
+from models.layers import (DEFAULT_RECOMPUTE, Group, TransformerEncoder, drop_path_rates, mlp_head, point_encoder,
+                           pos_mlp, set_recompute)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class PointBERTConfig:
     num_heads: int = 6
     encoder_dims: int = 256
     drop_path_rate: float = 0.1
+    # memory lever, not an official field: models.layers.RECOMPUTE_MODES (same numbers either way)
+    recompute: str = DEFAULT_RECOMPUTE
 
 
 class PointBERT(nn.Module):
@@ -48,6 +51,7 @@ class PointBERT(nn.Module):
                                          drop_path_rates(cfg.drop_path_rate, cfg.depth))
         self.norm = nn.LayerNorm(dim)
         self.cls_head_finetune = mlp_head(2 * dim, cfg.num_classes, batch_norm=False)
+        set_recompute(self, cfg.recompute)
 
     def embed(self, pts: torch.Tensor):
         """Patch tokens with the cls token in front: x, pos (B, G+1, C) and centers (B, G, 3)."""

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from models import ops
-from models.layers import (Group, MiniPointNet, TransformerEncoder, drop_path_rates, mlp_head,
-                           point_encoder, pos_mlp)
+from models.layers import (DEFAULT_RECOMPUTE, Group, MiniPointNet, TransformerEncoder, drop_path_rates, mlp_head,
+                           point_encoder, pos_mlp, set_recompute)
 
 POOLS = ("concat", "sum")
 
@@ -35,6 +35,8 @@ class PointM2AEConfig:
     local_radius: tuple[float, ...] = (0.32, 0.64, 1.28)  # <= 0 switches a level's mask off
     num_heads: int = 6
     drop_path_rate: float = 0.1
+    # memory lever, not an official field: models.layers.RECOMPUTE_MODES (same numbers either way)
+    recompute: str = DEFAULT_RECOMPUTE
     # "concat": [mean over all tokens, max over tokens 1..] (ScanObjectNN class, 768 wide);
     # "sum": mean + max over all tokens (ModelNet40 class, 384 wide).
     pool: str = "concat"
@@ -88,6 +90,7 @@ class PointM2AE(nn.Module):
         dim = cfg.encoder_dims[-1]
         self.norm = nn.LayerNorm(dim)
         self.cls_head_finetune = mlp_head(2 * dim if cfg.pool == "concat" else dim, cfg.num_classes)
+        set_recompute(self, cfg.recompute)
 
     @property
     def num_levels(self) -> int:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.layers import (Group, TransformerEncoder, drop_path_rates, mlp_head, point_encoder,
-                           pos_mlp, trunc_normal_)
+from models.layers import (DEFAULT_RECOMPUTE, Group, TransformerEncoder, drop_path_rates, mlp_head, point_encoder,
+                           pos_mlp, set_recompute, trunc_normal_)
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class PointMAEConfig:
     num_heads: int = 6
     encoder_dims: int = 384
     drop_path_rate: float = 0.1
+    # memory lever, not an official field: models.layers.RECOMPUTE_MODES (same numbers either way)
+    recompute: str = DEFAULT_RECOMPUTE
 
 
 class PointMAE(nn.Module):
@@ -46,6 +48,7 @@ class PointMAE(nn.Module):
         self.cls_head_finetune = mlp_head(2 * dim, cfg.num_classes, batch_norm=True)
         trunc_normal_(self.cls_token, std=0.02)
         trunc_normal_(self.cls_pos, std=0.02)
+        set_recompute(self, cfg.recompute)
 
     def embed(self, pts: torch.Tensor):
         """Patch tokens with the cls token in front: x, pos (B, G+1, C) and centers (B, G, 3)."""

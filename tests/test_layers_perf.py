@@ -1,0 +1,100 @@
+"""The speed / memory paths of models/layers.py give the numbers of the plain formulation.
+
+* MiniPointNet runs its 1x1 Conv1d layers as channels-last linears with the global half of the
+  second stage computed per group (and in chunks without autograd): same values as the
+  official Conv1d formulation, same gradients;
+* the ``recompute`` lever (activation recomputation of frozen sub-layers) changes no value or
+  gradient, bit for bit, and keeps fewer activations for backward.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.classifier import build_model
+from models.errors import ConfigError
+from models.layers import MiniPointNet, set_recompute
+
+TINY_MAE = {"num_group": 16, "group_size": 16, "trans_dim": 96, "depth": 2, "num_heads": 4, "encoder_dims": 96}
+TINY_PEFT = {"prompt_layers": [0, 1], "cache_layers": [0, 1], "query_num_group": 8, "query_group_size": 16}
+
+
+def conv_reference(net: MiniPointNet, groups: torch.Tensor) -> torch.Tensor:
+    """The official Encoder's forward: Conv1d on (BG, C, K), concat [global; local], Conv1d."""
+    b, g, k, c = groups.shape
+    feat = net.first_conv(groups.reshape(b * g, k, c).transpose(1, 2))
+    glob = feat.max(dim=2, keepdim=True).values
+    feat = torch.cat([glob.expand(-1, -1, k), feat], dim=1)
+    return net.second_conv(feat).max(dim=2).values.view(b, g, -1)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_minipointnet_equals_the_conv1d_formulation(train):
+    torch.manual_seed(0)
+    net = MiniPointNet(3, 32, 64, 128, 48).train(train)
+    groups = torch.randn(3, 5, 16, 3)
+    got = net(groups)
+    ref = conv_reference(net, groups)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    g1 = torch.autograd.grad(got.square().sum(), list(net.parameters()))
+    g2 = torch.autograd.grad(ref.square().sum(), list(net.parameters()))
+    # relative to the largest gradient: a bias before a train-mode BatchNorm has a ~0 gradient
+    scale = max(b.abs().max().item() for b in g2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_minipointnet_chunks_without_autograd_give_the_same_tokens(monkeypatch):
+    torch.manual_seed(0)
+    net = MiniPointNet(3, 32, 64, 128, 48).eval()
+    groups = torch.randn(2, 7, 16, 3)
+    with torch.no_grad():
+        whole = net(groups)
+        monkeypatch.setattr(MiniPointNet, "NO_GRAD_CHUNK", 3)  # 14 groups in chunks of 3
+        chunked = net(groups)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(chunked, conv_reference(net, groups).detach(), atol=1e-5, rtol=1e-5)
+
+
+def saved_bytes(model, pts) -> tuple[int, torch.Tensor]:
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(pts)
+    return sum(seen.values()), out
+
+
+@pytest.mark.filterwarnings("ignore:Point-PEFT ran without a memory bank")
+def test_recompute_frozen_keeps_values_and_gradients_and_saves_less():
+    pts = torch.rand(2, 256, 3) * 2 - 1
+    results = {}
+    for mode in ("off", "frozen"):
+        torch.manual_seed(0)
+        model = build_model("point_mae", 15, method="point_peft", method_options=TINY_PEFT, recompute=mode, **TINY_MAE)
+        model.train()
+        torch.manual_seed(1)  # same dropout / drop-path draws in both runs
+        nbytes, out = saved_bytes(model, pts)
+        out.square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[mode] = (nbytes, out.detach(), grads)
+    (b_off, o_off, g_off), (b_rec, o_rec, g_rec) = results["off"], results["frozen"]
+    assert torch.equal(o_off, o_rec)
+    assert g_off.keys() == g_rec.keys() and g_off
+    for name in g_off:
+        assert torch.equal(g_off[name], g_rec[name]), name
+    assert b_rec < 0.8 * b_off  # the frozen MLPs' GELU inputs and attention q/k/v/out are not kept
+
+
+def test_recompute_frozen_leaves_full_fine_tuning_alone_and_bad_modes_are_config_errors():
+    model = build_model("point_mae", 15, recompute="frozen", **TINY_MAE)
+    assert not any(m._recomputes() for m in model.modules() if hasattr(m, "_recomputes"))  # weights train
+    set_recompute(model, "all")
+    assert all(m._recomputes() for m in model.modules() if hasattr(m, "_recomputes"))
+    with pytest.raises(ConfigError, match="recompute 'sometimes' is not one of"):
+        build_model("point_bert", 15, recompute="sometimes")
