@@ -102,7 +102,9 @@ class TrainConfig:
     eval_every: int = 1
     eval_start: int = 1                   # first evaluated epoch (official: 1); the last always is
     vote: VoteConfig = field(default_factory=VoteConfig)
-    augmentation: Literal["scale_translate", "aug_rotate_y", "none"] = "scale_translate"
+    # scale_translate: Point-MAE's; aug_rotate_y: Point-PEFT's "-aug"; rotate_y: IDPT / PPT, one
+    # y-rotation per sample; rotate_y_batch: GAPrompt, one y-rotation per batch
+    augmentation: Literal["scale_translate", "aug_rotate_y", "rotate_y", "rotate_y_batch", "none"] = "scale_translate"
     seed: int = 0
     engine: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = 0
