@@ -6,7 +6,7 @@ for its retrieval query) over a DataLoader of (points, label) batches. The offic
 (11392 = 356 x 32 columns of the 11416-sample PB_T50_RS train split) suggests one pass with
 batch 32 and ``drop_last``; its columns are taken to be L2-normalised (spec §2.1, inferred).
 
-The file format and the checks against a model are in ``models.peft.memory_bank``;
+The file format and the checks against a model are in ``models.peft.point_peft.memory_bank``;
 ``save_memory_bank`` / ``load_memory_bank`` are re-exported here.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import torch
 from torch.utils.data import DataLoader
 
-from models.peft.memory_bank import (MemoryBankError, check_memory_bank, load_memory_bank,
+from models.peft.point_peft.memory_bank import (MemoryBankError, check_memory_bank, load_memory_bank,
                                      model_bank_identity, read_memory_bank, save_memory_bank)
 
 __all__ = ["build_memory_bank", "save_memory_bank", "load_memory_bank", "read_memory_bank",
