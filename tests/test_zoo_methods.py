@@ -86,10 +86,10 @@ SMALL_OPTIONS = {"pointgst": {"local": 16}, "ppt": {"hidden": 32}, "gaprompt": {
                  "pointlora": {"select": [8, 4], "scale2_group_size": 32}}
 
 
-def small(method: str, mode: str = "", classes: int = 4, **options):
+def small(method: str, variant: str = "", classes: int = 4, **options):
     torch.manual_seed(0)
     opts = {**SMALL_OPTIONS[method], **options}
-    return build_model("point_mae", classes, method=method + mode, family="scan", method_options=opts, **SMALL)
+    return build_model("point_mae", classes, method=method + variant, family="scan", method_options=opts, **SMALL)
 
 
 def cloud(b: int, n: int = 256, seed: int = 0) -> torch.Tensor:
@@ -109,6 +109,7 @@ def randomise_tuned(model) -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_one_step_changes_exactly_the_tuned_tensors(method, mode):
     model = small(method, mode)
+    randomise_tuned(model)   # zero-initialised up-projections would leave the rest without gradient
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
@@ -130,8 +131,10 @@ def test_one_step_changes_exactly_the_tuned_tensors(method, mode):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_learns_a_toy_task_above_chance(method):
-    """Three shape classes (sphere, flat disc, thin rod); a few dozen steps of AdamW on the tuned
-    tensors only bring held-out accuracy well above chance (1/3)."""
+    """Three shape classes (sphere, flat disc, thin rod); 30 steps of AdamW on the tuned tensors
+    only bring held-out accuracy well above chance (1/3). BatchNorms stay in eval mode (the
+    harness's ``train.freeze_bn``): in so short a run on a random backbone, running statistics
+    gathered in train mode do not match eval mode, which would test BatchNorm, not the method."""
     def shapes(n, seed):
         g = torch.Generator().manual_seed(seed)
         labels = torch.arange(n) % 3
@@ -144,6 +147,9 @@ def test_learns_a_toy_task_above_chance(method):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     x, y = shapes(48, 0)
     model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
     for step in range(30):
         idx = torch.arange(step * 12, step * 12 + 12) % 48
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -168,7 +174,7 @@ def test_pointlora_merge_keeps_logits():
         model.merge()
         after = model(x)
     assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
-    assert all(float(m.lora_B.abs().sum()) == 0 for m in model.modules() if hasattr(m, "lora_B"))
+    assert all(not m.lora_B.any() for m in model.modules() if hasattr(m, "lora_B"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,27 +230,32 @@ def _bn_updates(model, x) -> int:
     return int(bn.num_batches_tracked) - before
 
 
+def _same_logits(a, b, x) -> bool:
+    a.eval(), b.eval()
+    with torch.no_grad():
+        return torch.allclose(a(x), b(x), atol=1e-5)
+
+
 def test_ppt_encoder_runs_once_by_default_twice_faithful():
+    """Same logits (the prompts are the patch tokens either way); the faithful second encoder pass
+    updates the encoder BatchNorm statistics twice per training step, which then shows in eval."""
     x = cloud(2)
     default, faithful = small("ppt"), small("ppt", encode_prompts_separately=True)
     faithful.load_state_dict(default.state_dict())
+    assert _same_logits(default, faithful, x)
     assert (_bn_updates(default, x), _bn_updates(faithful, x)) == (1, 2)
-    default.eval(), faithful.eval()
-    with torch.no_grad():   # the prompts are the patch tokens either way
-        assert torch.allclose(default(x), faithful(x), atol=1e-5)
+    assert not _same_logits(default, faithful, x)
 
 
 def test_pointlora_scale1_tokens_reused_by_default():
     x = cloud(2)
     default, faithful = small("pointlora"), small("pointlora", encode_scale1_separately=True)
     faithful.load_state_dict(default.state_dict())
+    assert _same_logits(default, faithful, x)
     assert (_bn_updates(default, x), _bn_updates(faithful, x)) == (2, 3)
-    default.eval(), faithful.eval()
-    with torch.no_grad():
-        assert torch.allclose(default(x), faithful(x), atol=1e-5)
 
 
-def _entropy_after_mask_steps(model, x, steps: int = 5) -> tuple[float, float]:
+def _entropy_after_mask_steps(model, x, steps: int = 3) -> tuple[float, float]:
     """Mean binary entropy of the scale-1 scores before and after SGD on the mask term alone."""
     def entropy():
         with torch.no_grad():
