@@ -48,6 +48,7 @@ OFFICIAL_CPU = {
 def model_specs(device: str, quick: bool, backbones=None, methods=None, threads: int | None = None) -> list[dict]:
     """One spec per case, in registry order (bf16 cases are added on CUDA)."""
     from models.classifier import BACKBONES, METHODS, default_npoints
+    from models.peft import registry
 
     if device == "cuda":
         batch, warmup, steps, eval_steps = 32, (2 if quick else 5), (3 if quick else 20), (3 if quick else 20)
@@ -61,6 +62,8 @@ def model_specs(device: str, quick: bool, backbones=None, methods=None, threads:
             continue
         for method in METHODS:
             if methods and method not in methods:
+                continue
+            if not registry.get(method).supports(backbone):   # e.g. PPT exists on Point-MAE only
                 continue
             for precision in precisions:
                 specs.append({"backbone": backbone, "method": method, "family": FAMILY,

@@ -238,6 +238,10 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                   "forward + cross-entropy + backward + AdamW over the trainable parameters; eval = forward "
                   "in eval mode, no grad; median step time; one fresh process per row. Memory: " + mem + ".",
                   tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)]
+        from harness.bench.published_cost import render as render_cost
+        cost = render_cost(report["models"], level=len(h) + 1)
+        if cost:
+            parts.append(cost)
 
     if report["tooling"]:
         rows = [[e["name"], _num(e["value"], ".3f"),
