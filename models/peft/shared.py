@@ -75,3 +75,11 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def encoder_names(model: nn.Module) -> list[str]:
     """Module names of the block stacks, in forward order (``blocks``; ``h_encoder.encoder_blocks.0`` ...)."""
     return [n for n, m in model.named_modules() if isinstance(m, TransformerEncoder)]
+
+
+def frozen_batchnorms_eval(model: nn.Module) -> None:
+    """Put every BatchNorm without a trainable parameter in eval mode (its statistics stay the
+    pre-trained ones); call after ``model.train()``. The official runners keep them in train mode."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
