@@ -102,7 +102,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_start: int = 1                   # first evaluated epoch (official: 1); the last always is
     vote: VoteConfig = field(default_factory=VoteConfig)
-    augmentation: Literal["scale_translate", "aug_rotate_y", "none"] = "scale_translate"
+    augmentation: Literal["scale_translate", "aug_rotate_y", "rotate_y", "none"] = "scale_translate"
     seed: int = 0
     engine: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = 0

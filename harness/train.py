@@ -567,13 +567,15 @@ class _Run:
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
     def _augment(self, pts: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        from harness.data.transforms import scale_and_rotate_y, scale_and_translate
+        from harness.data.transforms import rotate_y, scale_and_rotate_y, scale_and_translate
 
         aug = self.cfg.train.augmentation
         if aug == "scale_translate":
             return scale_and_translate(pts, generator=gen)
         if aug == "aug_rotate_y":
             return scale_and_rotate_y(pts, generator=gen)
+        if aug == "rotate_y":
+            return rotate_y(pts, generator=gen)
         return pts
 
     def train_epoch(self, epoch: int) -> dict:

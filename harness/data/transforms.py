@@ -104,3 +104,15 @@ def scale_and_rotate_y(points: torch.Tensor, *, generator: torch.Generator,
     if out.shape[-1] >= 6:
         out[..., 3:6] = out[..., 3:6] @ rot_t
     return out
+
+
+def rotate_y(points: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """`PointcloudRotate` of IDPT's and PPT's ScanObjectNN runs: per sample, theta ~ U(0, 2 pi)
+    about y, points multiplied on the right by R = [[c, 0, s], [0, 1, 0], [-s, 0, c]]."""
+    theta = _uniform((points.shape[0],), 0.0, 2 * math.pi, generator, points)
+    rot = rotation_y(theta)
+    out = points.clone()
+    out[..., :3] = points[..., :3] @ rot
+    if out.shape[-1] >= 6:
+        out[..., 3:6] = points[..., 3:6] @ rot
+    return out

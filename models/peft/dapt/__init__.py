@@ -84,9 +84,14 @@ def apply_dapt_faithful(model: nn.Module, options: dict) -> DAPT:
 _PAPER = "Zhou et al., Dynamic Adapter Meets Prompt Tuning: Parameter-Efficient Transfer Learning for Point Cloud Analysis, CVPR 2024"
 _CODE = "LMD0311/DAPT@41aa0bc"
 _BACKBONES = {"point_mae": "official", "point_bert": "paper"}
+# the official per-dataset configs (cfgs/finetune_{scan_objbg,scan_objonly,modelnet}_dapt.yaml)
+_DATASETS = {"scanobjectnn_obj_bg": {"adapter_dropout": 0.5},
+             "scanobjectnn_pb_t50_rs": {"adapter_dropout": 0.2},
+             "scanobjectnn_obj_only": {"head_tokens": ["cls", "prompt_mean"]},
+             "modelnet40": {"rank": 72, "head_tokens": ["cls", "patch_max"]}}
 METHODS = [
     Method(name="dapt", display="DAPT", order=310, apply=apply_dapt, paper=_PAPER, code=_CODE,
-           backbones=_BACKBONES, doc="docs/methods/dapt.md"),
+           backbones=_BACKBONES, dataset_options=_DATASETS, doc="docs/methods/dapt.md"),
     Method(name="dapt_faithful", display="DAPT (faithful)", order=311, apply=apply_dapt_faithful,
-           paper=_PAPER, code=_CODE, backbones=_BACKBONES, doc="docs/methods/dapt.md"),
+           paper=_PAPER, code=_CODE, backbones=_BACKBONES, dataset_options=_DATASETS, doc="docs/methods/dapt.md"),
 ]

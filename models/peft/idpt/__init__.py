@@ -88,9 +88,11 @@ def apply_idpt_faithful(model: nn.Module, options: dict) -> IDPT:
 _PAPER = "Zha et al., Instance-aware Dynamic Prompt Tuning for Pre-trained Point Cloud Models, ICCV 2023"
 _CODE = "zyh16143998882/ICCV23-IDPT@bf152f2"
 _BACKBONES = {"point_mae": "official", "point_bert": "paper"}
+# the official per-dataset configs (cfgs/finetune_scan_{objbg,objonly}_idpt.yaml)
+_DATASETS = {"scanobjectnn_obj_bg": {"head_input": "prompt_only"}, "scanobjectnn_obj_only": {"prompt_layer": 6}}
 METHODS = [
     Method(name="idpt", display="IDPT", order=300, apply=apply_idpt, paper=_PAPER, code=_CODE,
-           backbones=_BACKBONES, doc="docs/methods/idpt.md"),
+           backbones=_BACKBONES, dataset_options=_DATASETS, doc="docs/methods/idpt.md"),
     Method(name="idpt_faithful", display="IDPT (faithful)", order=301, apply=apply_idpt_faithful,
-           paper=_PAPER, code=_CODE, backbones=_BACKBONES, doc="docs/methods/idpt.md"),
+           paper=_PAPER, code=_CODE, backbones=_BACKBONES, dataset_options=_DATASETS, doc="docs/methods/idpt.md"),
 ]
