@@ -283,23 +283,31 @@ def _build_model(cfg: RunConfig, num_classes: int, family: str):
                        method_options=options, **backbone_options)
 
 
-def _load_pretrained(cfg: RunConfig, net: nn.Module, log) -> str:
+def _load_pretrained(cfg: RunConfig, net: nn.Module, log) -> tuple[str, dict | None]:
     """Load the configured checkpoint; returns the identity of the frozen weights (the file's
-    sha256, or "random-init:seed=S" without a checkpoint)."""
+    sha256, or "random-init:seed=S" without a checkpoint) and what the record says about it."""
     if cfg.model.pretrained is None:
-        return f"random-init:seed={cfg.train.seed}"
-    from models.checkpoints import file_sha256, load_checkpoint
+        log("WARNING: no pre-trained checkpoint (model.pretrained is null): the backbone starts from "
+            "random weights; this run is a pipeline check, not comparable to the paper")
+        return f"random-init:seed={cfg.train.seed}", None
+    from harness.fingerprint import MISSING, weights_sha256
+    from models.checkpoints import CheckpointError, load_checkpoint
 
     path = resolve_path(cfg.model.pretrained)
+    sha = weights_sha256(path)
+    if cfg.model.pretrained_sha256 not in (None, MISSING, sha):
+        raise CheckpointError(f"model.pretrained: {path} changed since this run was configured (sha256 "
+                              f"{cfg.model.pretrained_sha256[:12]}, now {sha[:12]}): re-submit to make a new run")
     report = load_checkpoint(net, path, cfg.model.backbone, kind=cfg.model.pretrained_kind,
                              allow_missing=cfg.model.allow_missing)
     log(report.summary())
-    sha = file_sha256(path)
+    info = {"path": str(path), "sha256": sha, "kind": cfg.model.pretrained_kind, "loaded": len(report.loaded),
+            "missing": len(report.missing), "skipped": len(report.skipped)}
     if callable(getattr(net, "reset_query_encoder", None)):
         # a PEFT model's frozen query encoder re-takes the just-loaded backbone weights
         # (the path too: Point-M2AE's query norm exists only in the pre-training file)
         net.reset_query_encoder(sha256=sha, checkpoint=str(path))
-    return sha
+    return sha, info
 
 
 def _needs_bank(net: nn.Module) -> bool:
@@ -366,6 +374,9 @@ class _Run:
         self.train_samples = 0
         self.train_seconds = 0.0
         self.global_step = 0
+        # compute time and peak memory over every segment of a resumed run (kept in checkpoints)
+        self.segment_start = time.perf_counter()
+        self.prior_compute_s, self.prior_peak, self.segments = 0.0, 0, 1
 
     def log(self, msg: str) -> None:
         if self.info.is_main:
@@ -402,6 +413,8 @@ class _Run:
         self.train_ds = SeededItems(train, cfg.train.seed)
         self.n_train, self.n_test = len(train), len(test)
         self.n_val = len(val) if val is not None else 0
+        self.class_counts = {"train": _class_counts(train, ds_info.num_classes),
+                             "test": _class_counts(test, ds_info.num_classes)}
         self.sampler = DistributedSampler(self.train_ds, num_replicas=info.world_size, rank=info.rank,
                                           shuffle=True, seed=cfg.train.seed, drop_last=True)
         self.loader_gen = torch.Generator()
@@ -428,7 +441,7 @@ class _Run:
         # model (same init on every rank)
         seed_everything(_mix(cfg.train.seed, "init") % (1 << 31))
         net = _build_model(cfg, ds_info.num_classes, ds_info.family)
-        self.backbone_id = _load_pretrained(cfg, net, self.log)
+        self.backbone_id, self.pretrained_info = _load_pretrained(cfg, net, self.log)
         net.to(self.device)
         if cfg.train.disable_dropout:
             self.note(f"train.disable_dropout: {_disable_dropout(net)} dropout / drop-path modules off")
@@ -525,7 +538,7 @@ class _Run:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": checkpointing.rng_state(), "history": self.history, "best": self.best,
             "train_samples": self.train_samples, "train_seconds": self.train_seconds,
-            "global_step": self.global_step,
+            "global_step": self.global_step, **self.cost(),
         }
         checkpointing.save_atomic(state, self.ckpt_path)
 
@@ -559,6 +572,9 @@ class _Run:
         self.global_step = state["global_step"]
         self.log(f"resumed from {self.ckpt_path} after epoch {state['epoch']}")
         self.resumed_from = state["epoch"]
+        self.prior_compute_s = state.get("compute_time_s", 0.0)
+        self.prior_peak = state.get("peak_memory_bytes", 0)
+        self.segments = state.get("segments", 1) + 1
         return state["epoch"] + 1
 
     # ---------------------------------------------------------------- steps
@@ -667,6 +683,11 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def cost(self) -> dict:
+        """Compute time (s) and peak memory (bytes) summed / maxed over all segments so far."""
+        return {"compute_time_s": self.prior_compute_s + time.perf_counter() - self.segment_start,
+                "peak_memory_bytes": max(self.prior_peak, _peak_memory(self.device)), "segments": self.segments}
 
     @torch.no_grad()
     def evaluate(self, loader) -> float:
@@ -813,9 +834,12 @@ class _Run:
 # ----------------------------------------------------------------------------- records
 
 def _base_record(cfg: RunConfig, start_time: str) -> dict:
+    from harness.matrix import setup_id
+
     sha, dirty = _git_commit()
     return {
-        "schema": 1, "run_id": run_id(cfg), "status": None, "experiment": cfg.experiment or None,
+        "schema": 2, "run_id": run_id(cfg), "setup_id": setup_id(cfg), "status": None,
+        "experiment": cfg.experiment or None,
         "backbone": cfg.model.backbone, "method": cfg.model.method, "dataset": cfg.data.dataset,
         "variant": cfg.record_variant, "data_source": "synthetic" if cfg.data.synthetic else "official",
         "seed": cfg.train.seed, "metrics": None, "params": None, "epochs": None, "wall_time_s": None,
@@ -843,6 +867,26 @@ def read_done_record(cfg: RunConfig) -> dict | None:
     return None
 
 
+def _class_counts(ds: Dataset, num_classes: int) -> list[int]:
+    """Samples per class of a split (a Subset counts its own indices)."""
+    if isinstance(ds, Subset):
+        labels = torch.as_tensor(_fixed_view(ds.dataset).labels)[torch.as_tensor(ds.indices, dtype=torch.long)]
+    else:
+        labels = torch.as_tensor(_fixed_view(ds).labels)
+    return torch.bincount(labels.reshape(-1).long(), minlength=num_classes).tolist()
+
+
+def check_data_identity(cfg: RunConfig) -> str:
+    """The data's fingerprint now; a ConfigError when it differs from the configured one."""
+    from harness.fingerprint import MISSING, data_fingerprint
+
+    now = data_fingerprint(resolve_path(cfg.data.root))
+    if cfg.data.fingerprint not in (None, MISSING, now):
+        raise ConfigError(f"data.root: the files in {resolve_path(cfg.data.root)} changed since this run was "
+                          f"configured (fingerprint {cfg.data.fingerprint}, now {now}): re-submit to make a new run")
+    return now
+
+
 def check_engine(cfg: RunConfig) -> None:
     """DeepSpeed asked for but not installed: one line, before any work."""
     import importlib.util
@@ -861,6 +905,7 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
     """
     check_paths(cfg)            # one-line errors before any work
     check_engine(cfg)
+    fingerprint = check_data_identity(cfg)
     done = read_done_record(cfg)
     if done is not None:
         print(f"[{done['run_id']}] already done: {result_path(cfg)}", flush=True)
@@ -884,7 +929,11 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
             train_samples_per_s=(state.train_samples / state.train_seconds) if state.train_seconds else None,
             notes=state.notes or None,
             data={"train": state.n_train, "val": state.n_val, "test": state.n_test,
-                  "npoints": cfg.data.npoints, "point_all": state.point_all},
+                  "npoints": cfg.data.npoints, "point_all": state.point_all, "fingerprint": fingerprint,
+                  "num_classes": len(state.class_counts["test"]), "class_counts": state.class_counts},
+            pretrained=state.pretrained_info,
+            seconds_per_epoch=(sum(r["epoch_time_s"] for r in state.history) / len(state.history)
+                               if state.history else None),
             amp=state.amp,
             resumed_from_epoch=getattr(state, "resumed_from", None),
             memory_bank=state.bank_info,
@@ -896,20 +945,24 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
             raise
         record.update(status="failed", error=error_info(err),
                       epochs=len(state.history) if state is not None else 0)
-        _finish(record, info, t0)
+        _finish(record, info, t0, state)
         distributed.teardown(info)
         raise
-    _finish(record, info, t0)
+    _finish(record, info, t0, state)
     distributed.teardown(info)
     return record
 
 
-def _finish(record: dict, info: distributed.DistInfo, t0: float) -> None:
+def _finish(record: dict, info: distributed.DistInfo, t0: float, state=None) -> None:
     from harness.results import write_record
 
     record["end_time"] = _now()
-    record["wall_time_s"] = time.perf_counter() - t0
+    record["wall_time_s"] = time.perf_counter() - t0      # this segment (process) only
     record["peak_memory_bytes"] = _peak_memory(info.device)
+    if state is not None and hasattr(state, "segment_start"):
+        record.update(state.cost())                       # summed / maxed over resumed segments
+        if info.device.type == "cuda":
+            record["gpu_hours"] = record["compute_time_s"] * info.world_size / 3600
     record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     if info.is_main:
         path = resolve_path(record["config"]["output"]["runs_dir"]) / record["run_id"] / "result.json"

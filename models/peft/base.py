@@ -14,7 +14,7 @@ model a ``merge()`` method (see ``models.peft.lora``).
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Iterable
 
 from torch import nn
@@ -46,6 +46,9 @@ class Method:
     definition: str = "official"
     doc: str = ""
     order: int = 100
+    # dataset name -> the method options its official config for that dataset sets (e.g. IDPT's
+    # OBJ_BG head); ``params`` counts with them, the recipe files under experiments/recipes/ hold them too
+    dataset_options: dict[str, dict] = field(default_factory=dict)
 
     def supports(self, backbone: str) -> bool:
         return backbone in self.backbones

@@ -14,7 +14,7 @@ def apply_full(model: nn.Module, options: dict) -> nn.Module:
 
 
 METHODS = [Method(
-    name="full", display="Full fine-tuning", order=0, apply=apply_full,
+    name="full", display="full fine-tuning", order=0, apply=apply_full,
     paper="the backbone's own fine-tuning recipe (Point-BERT CVPR'22, Point-MAE ECCV'22, Point-M2AE NeurIPS'22)",
     backbones={"point_mae": "official", "point_bert": "official", "point_m2ae": "official"},
     doc="docs/methods/full.md")]
