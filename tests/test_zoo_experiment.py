@@ -29,7 +29,8 @@ def test_zoo_matrix_covers_methods_backbones_datasets_seeds():
         assert {(d, s) for b, m, d, v, s in cells if m == method + "_faithful"} == \
             {(d, s) for d in DATASETS for s in range(5)}       # faithful: official variant, Point-MAE
     point_bert = {m for b, m, *_ in cells if b == "point_bert"}
-    assert point_bert == {"full", "point_peft", "pointgst"}
+    assert point_bert == {"full", "point_peft", "idpt", "dapt", "pointgst"}
+    assert {m for b, m, *_ in cells} == set(registry.methods())   # every registered method
 
 
 def test_zoo_recipes_reach_the_cells():
@@ -66,7 +67,7 @@ def test_zoo_smoke_runs_locally_into_tables_and_plot(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "10 done" in run.stdout
     out = subprocess.run([sys.executable, "run_all.py", "zoo-tables", "--experiment", "zoo_smoke", "--runs",
-                          str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-readme"],
+                          str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "out" / "zoo.md").read_text()

@@ -14,13 +14,13 @@ synthetic CI version) into per-dataset tables: each method's row with trainable 
 published number (results/reference/zoo.csv, official variant only), the honest and the legacy
 selection (mean ± std, n), the paired difference to full fine-tuning with its Student-t 95%
 interval, s/epoch and peak memory; and a plot per dataset of accuracy vs trainable parameters.
-Writes OUT/zoo.md, OUT/plots/zoo_<dataset>[_synthetic].png and the README block between
-{zoo_tables.README_MARKERS[0]} and {zoo_tables.README_MARKERS[1]}. Everything is computed before
-anything is written.
+Writes OUT/zoo.md and OUT/plots/zoo_<dataset>[_synthetic].png; with --readme also the README block
+between {zoo_tables.README_MARKERS[0]} and {zoo_tables.README_MARKERS[1]}. Everything is computed
+before anything is written.
 
 examples:
-  python run_all.py zoo-tables
-  python run_all.py zoo-tables --experiment zoo_smoke --out results/zoo_smoke --no-readme"""
+  python run_all.py zoo-tables --readme
+  python run_all.py zoo-tables --experiment zoo_smoke --out results/zoo_smoke"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where zoo.md and plots/ go (default results)")
     p.add_argument("--reference", type=Path, default=zoo_tables.REFERENCE, metavar="CSV",
                    help="published numbers (default results/reference/zoo.csv)")
-    readme = p.add_mutually_exclusive_group()
-    readme.add_argument("--readme", type=Path, default=ROOT / "README.md", metavar="PATH",
-                        help="README whose zoo block gets the tables (default README.md)")
-    readme.add_argument("--no-readme", dest="readme", action="store_const", const=None, help="leave the README alone")
+    p.add_argument("--readme", type=Path, nargs="?", const=ROOT / "README.md", default=None, metavar="PATH",
+                   help="also replace the zoo block of this README (default README.md when given without a "
+                        "path); off by default, so regenerating tables never edits a tracked file")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     p.set_defaults(func=run)
 
