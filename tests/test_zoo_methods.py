@@ -16,7 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LISTS = Path(__file__).resolve().parent / "reference" / "peft_zoo"
 METHODS = ("pointgst", "ppt", "gaprompt", "pointlora")
 
-# method, options, classes, family, total, trainable (official counts; both modes give them)
+# method, options, classes, family, total, trainable (official counts; both modes give them but
+# GAPrompt's, whose default leaves out the official model's unused tensors: see GAPROMPT_DEFAULT)
 COUNTS = [
     ("pointgst", {}, 15, "scan", 22_447_855, 622_831),
     ("pointgst", {}, 40, "modelnet", 22_454_280, 629_256),
@@ -44,18 +45,30 @@ def read_list(method: str) -> dict[str, list[int]]:
     return out
 
 
+# GAPrompt default: no prompt_embeddings in blocks 6-11 (23,040), no adapter.scale (4,620), no
+# frozen scaler1/2 (24)
+GAPROMPT_UNUSED = (23_040 + 4_620 + 24, 23_040 + 4_620)
+
+
 @pytest.mark.parametrize("mode", ["", "_faithful"])
 @pytest.mark.parametrize("method,options,classes,family,total,trainable", COUNTS,
                          ids=[f"{c[0]}-{c[2]}-{c[3]}-{i}" for i, c in enumerate(COUNTS)])
 def test_official_counts(method, options, classes, family, total, trainable, mode):
     model = build_model("point_mae", classes, method=method + mode, family=family, method_options=options)
     count = count_params(model)
+    if method == "gaprompt" and not mode:
+        total, trainable = total - GAPROMPT_UNUSED[0], trainable - GAPROMPT_UNUSED[1]
     assert (count.total, count.trainable) == (total, trainable)
+
+
+def official(method: str) -> str:
+    """The variant whose tensors are the official model's (GAPrompt's default drops unused ones)."""
+    return method + "_faithful" if method == "gaprompt" else method
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_state_dict_names_and_shapes_equal_the_official_list(method):
-    model = build_model("point_mae", 15, method=method, family="scan")
+    model = build_model("point_mae", 15, method=official(method), family="scan")
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert ours == read_list(method)
 
@@ -72,7 +85,7 @@ def test_official_layout_state_dict_loads_strictly(method, tmp_path):
     path = tmp_path / "ckpt-best.pth"
     torch.save({"base_model": {f"module.{k}": v for k, v in state.items()}, "epoch": 1}, path)
     loaded = torch.load(path, weights_only=True)["base_model"]
-    model = build_model("point_mae", 15, method=method, family="scan")
+    model = build_model("point_mae", 15, method=official(method), family="scan")
     model.load_state_dict({k.removeprefix("module."): v for k, v in loaded.items()}, strict=True)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -123,7 +136,7 @@ def test_one_step_changes_exactly_the_tuned_tensors(method, mode):
         elif p.grad is not None:
             assert not torch.equal(p, before[name]), f"tuned {name} did not move"
     unused = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
-    if method == "gaprompt":   # official: adapter.scale is never used (spec: trainable but gradient-free)
+    if method == "gaprompt" and mode:   # official: adapter.scale is never used (trainable, gradient-free)
         assert unused and all(".adapter.scale." in n for n in unused)
     else:
         assert not unused
@@ -299,6 +312,7 @@ def test_pointlora_score_gradient():
 def test_options_are_checked_in_one_line():
     from models.errors import ConfigError
     for method, options in (("pointgst", {"transform": "V"}), ("gaprompt", {"index_layout": "x"}),
+                            ("gaprompt", {"unused_tensors": "no"}),
                             ("pointlora", {"mask_term": "bce"}), ("ppt", {"encode_prompts_separately": "yes"}),
                             ("pointgst_faithful", {"mode": "default"}), ("ppt", {"colour": 1})):
         with pytest.raises(ConfigError) as err:

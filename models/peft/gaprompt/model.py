@@ -16,6 +16,11 @@ level-2 centers, x 0.3); (c) the backbone block; (d) a bottleneck ``adapter`` (L
 QuickGELU, 16 -> 384, x 0.7) on every non-cls token (+ 0.5 f inside for l < prompt_depth);
 (e) the prompts are dropped again. Head: [cls; max over point tokens; f] (3C), dropout 0.6.
 
+Unused tensors, option ``unused_tensors``: the official model registers ``prompt_embeddings`` in
+all 12 blocks (only the first ``prompt_depth`` are used), an ``adapter.scale`` Linear and frozen
+``scaler1/2`` that the forward never reads; true (faithful) keeps them, so the official counts
+and files match; false (default) leaves them out (27,660 trainable and 24 frozen fewer).
+
 The defect, one option ``index_layout``: the propagation indices are built with a per-sample
 offset b·G, but in the prompt blocks the flattened token matrix has G + 10 rows per sample, so
 sample b reads rows of *other* samples (and sample 0 reads prompt tokens as points): eval
@@ -61,6 +66,7 @@ class GAPromptOptions:
     adapter_dropout: float = 0.1
     head_dropout: float = 0.6
     index_layout: str = ""
+    unused_tensors: bool | None = None
 
     def check(self) -> None:
         for name, valid in (("mode", MODES), ("propagation", PROPAGATIONS), ("index_layout", ("",) + LAYOUTS)):
@@ -70,12 +76,18 @@ class GAPromptOptions:
         for name in ("point_number", "num_tokens", "adapter_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"gaprompt option {name}={getattr(self, name)} is invalid: expected a positive integer")
+        if self.unused_tensors is not None and not isinstance(self.unused_tensors, bool):
+            raise ConfigError(f"gaprompt option unused_tensors={self.unused_tensors!r} is invalid: expected true or false")
         if self.prompt_depth < 0:
             raise ConfigError(f"gaprompt option prompt_depth={self.prompt_depth} is invalid: expected >= 0")
 
     @property
     def layout(self) -> str:
         return self.index_layout or ("official" if self.mode == "faithful" else "per_sample")
+
+    @property
+    def keep_unused(self) -> bool:
+        return self.mode == "faithful" if self.unused_tensors is None else self.unused_tensors
 
 
 class QuickGELU(nn.Module):
@@ -84,12 +96,14 @@ class QuickGELU(nn.Module):
 
 
 class GAAdapter(nn.Module):
-    """A(z) = 0.7 · ln2(Drop(QuickGELU(ln1(layer_norm z)))); ``scale`` exists, unused (official)."""
+    """A(z) = 0.7 · ln2(Drop(QuickGELU(ln1(layer_norm z)))); ``scale`` (``unused``) exists in the
+    official model but is never used."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float):
+    def __init__(self, dim: int, hidden: int, dropout: float, unused: bool = False):
         super().__init__()
         self.layer_norm = nn.LayerNorm(dim)
-        self.scale = nn.Linear(dim, 1)
+        if unused:
+            self.scale = nn.Linear(dim, 1)
         self.ln1 = nn.Linear(dim, hidden)
         self.ln2 = nn.Linear(hidden, dim)
         self.act = QuickGELU()
@@ -111,17 +125,20 @@ class Propagation:
 
 
 class GABlock(nn.Module):
-    """The backbone block (adopted names) with ``prompt_embeddings``, ``scaler1/2`` (frozen,
-    unused), ``adapter`` and ``out_transform``."""
+    """The backbone block (adopted names) with ``prompt_embeddings`` (prompt blocks; the official
+    model has them in every block), ``scaler1/2`` (official only: frozen, unused), ``adapter`` and
+    ``out_transform``."""
 
-    def __init__(self, block: nn.Module, dim: int, o: GAPromptOptions):
+    def __init__(self, block: nn.Module, dim: int, o: GAPromptOptions, prompted: bool):
         super().__init__()
-        self.prompt_embeddings = nn.Parameter(torch.zeros(o.num_tokens, dim))
-        self.scaler1 = nn.Parameter(torch.ones(1))
-        self.scaler2 = nn.Parameter(torch.ones(1))
+        if prompted or o.keep_unused:
+            self.prompt_embeddings = nn.Parameter(torch.zeros(o.num_tokens, dim))
+        if o.keep_unused:
+            self.scaler1 = nn.Parameter(torch.ones(1))
+            self.scaler2 = nn.Parameter(torch.ones(1))
         self.norm1, self.norm2, self.mlp, self.attn = block.norm1, block.norm2, block.mlp, block.attn
         self.drop_path = block.drop_path
-        self.adapter = GAAdapter(dim, o.adapter_dim, o.adapter_dropout)
+        self.adapter = GAAdapter(dim, o.adapter_dim, o.adapter_dropout, o.keep_unused)
         self.out_transform = nn.Sequential(nn.BatchNorm1d(dim), nn.GELU())
         self.prompt_drop = nn.Dropout(o.prompt_dropout)
         self.before = o.propagation == "before"
@@ -168,7 +185,7 @@ class GABlock(nn.Module):
 class GAEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, dim: int, o: GAPromptOptions):
         super().__init__()
-        self.blocks = nn.ModuleList(GABlock(b, dim, o) for b in encoder.blocks)
+        self.blocks = nn.ModuleList(GABlock(b, dim, o, i < o.prompt_depth) for i, b in enumerate(encoder.blocks))
         self.depth = o.prompt_depth
 
     def forward(self, x, pos, geo, shape, prompt_pos):
