@@ -21,8 +21,13 @@ def apply(backbone: nn.Module, options: dict, mode: str = "default") -> GAPrompt
     return mark_trainable(GAPrompt(backbone, opts), is_tuned)
 
 
+# the official per-dataset configs (cfgs/gaprompt_scan_{objbg,objonly}.yaml, gaprompt_modelnet.yaml),
+# so `params` shows each dataset's official count
+DATASETS = {"scanobjectnn_obj_bg": {"point_number": 10, "perturbation": 0.2, "propagation": "before"},
+            "scanobjectnn_obj_only": {"point_number": 10, "perturbation": 0.1},
+            "modelnet40": {"perturbation": 0.05}}
 COMMON = dict(paper="GAPrompt, Ai et al., ICML 2025", code="zhoujiahuan1991/ICML2025-GAPrompt@8a26a2e",
-              backbones={"point_mae": "official"}, doc="docs/methods/gaprompt.md")
+              backbones={"point_mae": "official"}, dataset_options=DATASETS, doc="docs/methods/gaprompt.md")
 METHODS = [
     Method(name="gaprompt", display="GAPrompt", apply=apply, order=64, **COMMON),
     Method(name="gaprompt_faithful", display="GAPrompt (faithful)", order=65,

@@ -49,7 +49,7 @@ class PPTOptions:
     def check(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"ppt option mode={self.mode!r} is invalid: expected one of {', '.join(MODES)}")
-        if self.encode_prompts_separately not in (None, True, False):
+        if self.encode_prompts_separately is not None and not isinstance(self.encode_prompts_separately, bool):
             raise ConfigError(f"ppt option encode_prompts_separately={self.encode_prompts_separately!r} is "
                               "invalid: expected true or false")
         for name in ("prompt_num_group", "prompt_group_size", "hidden"):
