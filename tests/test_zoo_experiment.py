@@ -72,8 +72,8 @@ def test_zoo_smoke_runs_locally_into_tables_and_plot(tmp_path):
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "out" / "zoo.md").read_text()
     synthetic = text.split("## Synthetic data")[1]
-    for name in ("Full fine-tuning", "PointGST", "PPT", "GAPrompt", "PointLoRA"):
-        assert f"| {name} " in synthetic
+    for method in ("full", "pointgst", "ppt", "gaprompt", "pointlora"):
+        assert f"| {registry.get(method).display} " in synthetic
     assert synthetic.count("(n=2)") >= 5 * 2        # honest and legacy over both seeds
     assert synthetic.count("] (n=2)") == 2 * 4      # paired difference with its interval, both selections
     png = tmp_path / "out" / "plots" / "zoo_scanobjectnn_obj_bg_synthetic.png"
