@@ -141,9 +141,10 @@ def steps(model, n: int = 2):
         opt.step()
 
 
-# gaprompt_faithful registers tensors its forward never reads, as the official model does
-# (tests/test_zoo_methods.py checks exactly which)
-@pytest.mark.parametrize("method", [m for m in ZOO_METHODS if m != "gaprompt_faithful"])
+# gaprompt_faithful registers tensors its forward never reads, as the official model does;
+# pointlora_faithful's mask predictor learns from its auxiliary loss only, which this step leaves
+# out (tests/test_zoo_methods.py checks both)
+@pytest.mark.parametrize("method", [m for m in ZOO_METHODS if m not in ("gaprompt_faithful", "pointlora_faithful")])
 def test_adamw_moves_tuned_tensors_only(method):
     """One AdamW step. The tuned tensors are first nudged off their init: zero-initialised
     up-projections (Adapter, LoRA, DAPT) give the tensors before them an exactly zero gradient

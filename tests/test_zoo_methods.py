@@ -236,7 +236,9 @@ def test_gaprompt_index_layout_batch_dependence():
 
 
 def _bn_updates(model, x) -> int:
-    bn = model.encoder.second_conv[1]
+    """Running-statistics updates of the encoder's first BatchNorm (trainable in PPT / PointLoRA,
+    so in train mode in both modes) in one training forward."""
+    bn = model.encoder.first_conv[1]
     before = int(bn.num_batches_tracked)
     model.train()
     model(x)
@@ -266,6 +268,17 @@ def test_pointlora_scale1_tokens_reused_by_default():
     faithful.load_state_dict(default.state_dict())
     assert _same_logits(default, faithful, x)
     assert (_bn_updates(default, x), _bn_updates(faithful, x)) == (2, 3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_frozen_batchnorms_keep_pretrained_statistics_by_default(method):
+    """Default: the frozen backbone's BatchNorms stay in eval mode in training; faithful: train
+    mode, as the official runners leave them."""
+    for variant, frozen_training in (("", False), ("_faithful", True)):
+        model = small(method, variant).train()
+        frozen = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                  and not any(p.requires_grad for p in m.parameters())]
+        assert frozen and all(m.training == frozen_training for m in frozen), (method, variant)
 
 
 def _entropy_after_mask_steps(model, x, steps: int = 3) -> tuple[float, float]:

@@ -39,6 +39,7 @@ from models import ops
 from models.errors import ConfigError
 from models.layers import Group, trunc_normal_
 from models.peft.gaprompt.shift_net import ShiftNet
+from models.peft.shared import frozen_batchnorms_eval
 
 MODES = ("default", "faithful")
 LAYOUTS = ("per_sample", "official")
@@ -248,6 +249,14 @@ class GAPrompt(nn.Module):
         for attr in ("checkpoint_sha256", "checkpoint_path"):
             if hasattr(backbone, attr):
                 setattr(self, attr, getattr(backbone, attr))
+
+    def train(self, mode: bool = True):
+        """Default mode: the frozen backbone's BatchNorms stay in eval mode (pre-trained
+        statistics); faithful: train mode, as every official runner leaves them."""
+        super().train(mode)
+        if mode and self.opts.mode != "faithful":
+            frozen_batchnorms_eval(self)
+        return self
 
     def forward(self, pts: torch.Tensor) -> torch.Tensor:
         shifted, shape_vec = self.shift_net(pts)

@@ -34,6 +34,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from models.errors import ConfigError
+from models.peft.shared import frozen_batchnorms_eval
 
 SCALES = ("per_sample", "batch_residual")
 TRANSFORMS = ("U_T", "U")
@@ -225,6 +226,14 @@ class PointGST(nn.Module):
         for attr in ("checkpoint_sha256", "checkpoint_path"):
             if hasattr(backbone, attr):
                 setattr(self, attr, getattr(backbone, attr))
+
+    def train(self, mode: bool = True):
+        """Default mode: the frozen backbone's BatchNorms stay in eval mode (pre-trained
+        statistics); faithful: train mode, as every official runner leaves them."""
+        super().train(mode)
+        if mode and self.opts.mode != "faithful":
+            frozen_batchnorms_eval(self)
+        return self
 
     def forward(self, pts: torch.Tensor) -> torch.Tensor:
         x, pos, center = self._embed(self, pts)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from models.errors import ConfigError
 from models.layers import Group, trunc_normal_
+from models.peft.shared import frozen_batchnorms_eval
 
 MODES = ("default", "faithful")
 MASK_TERMS = ("entropy", "negative_entropy")
@@ -189,6 +190,14 @@ class PointLoRA(nn.Module):
         for attr in ("checkpoint_sha256", "checkpoint_path"):
             if hasattr(backbone, attr):
                 setattr(self, attr, getattr(backbone, attr))
+
+    def train(self, mode: bool = True):
+        """Default mode: the frozen backbone's BatchNorms stay in eval mode (pre-trained
+        statistics); faithful: train mode, as every official runner leaves them."""
+        super().train(mode)
+        if mode and self.opts.mode != "faithful":
+            frozen_batchnorms_eval(self)
+        return self
 
     def _select(self, tokens, center, k):
         """Top-k tokens by score: (selected (B,k,C), their centers (B,k,3), scores (B,G))."""

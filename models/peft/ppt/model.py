@@ -30,6 +30,7 @@ from torch import nn
 
 from models.errors import ConfigError
 from models.layers import Group, trunc_normal_
+from models.peft.shared import frozen_batchnorms_eval
 
 MODES = ("default", "faithful")
 
@@ -128,6 +129,14 @@ class PPT(nn.Module):
         for attr in ("checkpoint_sha256", "checkpoint_path"):
             if hasattr(backbone, attr):
                 setattr(self, attr, getattr(backbone, attr))
+
+    def train(self, mode: bool = True):
+        """Default mode: the frozen backbone's BatchNorms stay in eval mode (pre-trained
+        statistics); faithful: train mode, as every official runner leaves them."""
+        super().train(mode)
+        if mode and self.opts.mode != "faithful":
+            frozen_batchnorms_eval(self)
+        return self
 
     def prompt_tokens(self, pts, tokens, center):
         """The positional prompts (B, G_e, C) and their centers (B, G_e, 3)."""
