@@ -403,6 +403,9 @@ def _resolve(cfg: RunConfig, sources: dict) -> RunConfig:
            f"unknown backbone {m.backbone!r}; valid: {', '.join(sorted(BACKBONES))}")
     _check(m.method in METHODS, "model.method", sources,
            f"unknown method {m.method!r}; valid: {', '.join(sorted(METHODS))}")
+    _check(METHODS[m.method].supports(m.backbone) or m.backbone not in BACKBONES, "model.method", sources,
+           f"method {m.method!r} has no recipe for backbone {m.backbone!r}; it supports "
+           f"{', '.join(METHODS[m.method].backbones)}")
     _check(bool(d.dataset), "data.dataset", sources, f"required; one of {', '.join(DATASETS)}")
     _check(d.dataset in DATASETS, "data.dataset", sources,
            f"unknown dataset {d.dataset!r}; valid: {', '.join(DATASETS)}")

@@ -97,10 +97,10 @@ def run(args) -> int:
         writer.writeheader()
         writer.writerows(rows)
     else:
-        shown = [{**r, **({"total": "-" if r["total"] is None else r["total"],
-                           "trainable": "-" if r["trainable"] is None else r["trainable"],
-                           "trainable_M": "-" if r["trainable_M"] is None else r["trainable_M"],
-                           "with_grad": "-" if r["with_grad"] is None else f"{r['with_grad']:,}",
+        def cell(value):  # "-" where a combination is unsupported or a count was skipped
+            return "-" if value is None else f"{value:,}" if isinstance(value, int) else value
+        shown = [{**r, **({"total": cell(r["total"]), "trainable": cell(r["trainable"]),
+                           "trainable_M": cell(r["trainable_M"]), "with_grad": cell(r["with_grad"]),
                            "paper_trainable_M": r["paper_trainable_M"] if r["paper_trainable_M"] is not None
                            else "not reported"} if "with_grad" in r else {})} for r in rows]
         headers = {"backbone": "backbone", "method": "method", "dataset": "dataset", "group": "group",

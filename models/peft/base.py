@@ -120,6 +120,24 @@ def choice(method: str, name: str, value, valid: Iterable[str]) -> None:
         raise ConfigError(f"{method} option {name}={value!r} is invalid: expected one of {', '.join(valid)}")
 
 
+def with_mode(options: dict, method: str, mode: str) -> dict:
+    """``options`` with ``mode`` set for the registered variant ``method`` (``idpt`` = default,
+    ``idpt_faithful`` = faithful); a config naming the other mode is a one-line error."""
+    options = dict(options)
+    if options.setdefault("mode", mode) != mode:
+        base = method.removesuffix("_faithful")
+        raise ConfigError(f"method {method} has mode {mode}, got mode={options['mode']!r}; use method "
+                          f"{base} or {base}_faithful")
+    return options
+
+
+def require_cls_token(model: nn.Module, method: str) -> None:
+    """One-line error unless the backbone has a cls token (Point-MAE, Point-BERT)."""
+    if not hasattr(model, "cls_token"):
+        raise ConfigError(f"{method} has no recipe for {backbone_name(model)}: it needs a cls token "
+                          "(Point-MAE, Point-BERT)")
+
+
 def backbone_name(model: nn.Module) -> str:
     """The registry name of a backbone model (``point_mae``, ``point_bert``, ``point_m2ae``)."""
     from models.backbones.point_bert import PointBERT

@@ -83,3 +83,26 @@ def frozen_batchnorms_eval(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
             m.eval()
+
+
+def adopt_stem(module: nn.Module, backbone: nn.Module) -> None:
+    """Give ``module`` a Point-MAE / Point-BERT backbone's tokenizer under its official names:
+    ``cls_token``, ``cls_pos``, ``group_divider``, ``encoder`` (``reduce_dim``), ``pos_embed``;
+    ``checkpoint_sha256`` is carried over."""
+    module.checkpoint_sha256 = getattr(backbone, "checkpoint_sha256", None)
+    module.cls_token, module.cls_pos = backbone.cls_token, backbone.cls_pos
+    module.group_divider = backbone.group_divider
+    module.encoder = backbone.encoder
+    if hasattr(backbone, "reduce_dim"):
+        module.reduce_dim = backbone.reduce_dim
+    module.pos_embed = backbone.pos_embed
+
+
+class FrozenBNStatsMixin:
+    """``train()`` keeps the frozen BatchNorms in eval mode when ``self.opts.freeze_bn_stats``."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.opts.freeze_bn_stats:
+            frozen_batchnorms_eval(self)
+        return self

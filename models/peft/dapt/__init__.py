@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from models.errors import ConfigError
-from models.peft.base import Method, backbone_name, choice, mark_trainable, parse_options
+from models.peft.base import Method, choice, mark_trainable, parse_options, require_cls_token, with_mode
 from models.peft.dapt.model import DAPT
 
 HEAD_TOKENS = ("cls", "prompt_mean", "patch_max")
@@ -60,14 +60,9 @@ class DAPTOptions:
 
 
 def build_dapt(model: nn.Module, options: dict, mode: str) -> DAPT:
-    options = dict(options)
-    if options.setdefault("mode", mode) != mode:
-        raise ConfigError(f"method dapt{'_faithful' if mode == 'faithful' else ''} has mode {mode}, got "
-                          f"mode={options['mode']!r}; use method dapt or dapt_faithful")
-    opts = parse_options(DAPTOptions, options, "dapt").resolved()
-    name = backbone_name(model)
-    if name not in ("point_mae", "point_bert"):
-        raise ConfigError(f"dapt has no recipe for {name}: it needs a cls token (Point-MAE, Point-BERT)")
+    method = "dapt_faithful" if mode == "faithful" else "dapt"
+    opts = parse_options(DAPTOptions, with_mode(options, method, mode), "dapt").resolved()
+    require_cls_token(model, "dapt")
     dapt = DAPT(model, opts)
     mark_trainable(dapt, dapt.is_tuned)
     return dapt.train()

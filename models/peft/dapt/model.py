@@ -19,7 +19,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from models.layers import Block, mlp_head
-from models.peft.shared import (add_scale_shift, frozen_batchnorms_eval, patch_embedding,
+from models.peft.shared import (FrozenBNStatsMixin, add_scale_shift, adopt_stem, patch_embedding,
                                 scale_shift_output)
 
 
@@ -80,23 +80,17 @@ def make_dapt_block(block: Block, rank: int, dropout: float, prompt_source: str,
     return block
 
 
-class DAPT(nn.Module):
+class DAPT(FrozenBNStatsMixin, nn.Module):
     """(B, N, 3) points -> (B, num_classes) logits."""
 
     def __init__(self, backbone: nn.Module, opts):
         super().__init__()
         cfg = backbone.cfg
         self.cfg, self.opts = cfg, opts
-        self.checkpoint_sha256 = getattr(backbone, "checkpoint_sha256", None)
         dim = cfg.trans_dim
-        self.cls_token, self.cls_pos = backbone.cls_token, backbone.cls_pos
+        adopt_stem(self, backbone)
         add_scale_shift(self, 1, dim)
         add_scale_shift(self, 2, dim)
-        self.group_divider = backbone.group_divider
-        self.encoder = backbone.encoder
-        if hasattr(backbone, "reduce_dim"):
-            self.reduce_dim = backbone.reduce_dim
-        self.pos_embed = backbone.pos_embed
         self.blocks = backbone.blocks
         for block in self.blocks.blocks:
             make_dapt_block(block, opts.rank, opts.adapter_dropout, opts.prompt_source, cfg.num_group)
@@ -113,12 +107,6 @@ class DAPT(nn.Module):
     def is_tuned(self, name: str) -> bool:
         """DAPT's filter (tools/builder.py L53-60): ``cls``, ``tfts`` or ``Adapter`` in the name."""
         return "cls" in name or "tfts" in name or "Adapter" in name
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.opts.freeze_bn_stats:
-            frozen_batchnorms_eval(self)
-        return self
 
     def forward(self, pts: torch.Tensor) -> torch.Tensor:
         x, pos, _ = self._embed(self, pts)

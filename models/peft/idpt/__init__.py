@@ -12,12 +12,12 @@ Counts (Point-MAE, faithful): 1,696,783 trainable / 23,522,191 total (15 classes
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
 from models.errors import ConfigError
-from models.peft.base import Method, backbone_name, choice, mark_trainable, parse_options
+from models.peft.base import Method, choice, mark_trainable, parse_options, require_cls_token, with_mode
 from models.peft.idpt.model import IDPT
 
 MODES = ("default", "faithful")
@@ -45,7 +45,6 @@ class IDPTOptions:
         faithful = self.mode == "faithful"
         fill = {"train_prompt_pos": not faithful, "clip_frozen_grads": faithful, "bn_aliases": faithful,
                 "freeze_bn_stats": not faithful}
-        from dataclasses import replace
         return replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
 
 
@@ -57,16 +56,11 @@ def _bool_or_none(opts: IDPTOptions):
 
 
 def build_idpt(model: nn.Module, options: dict, mode: str) -> IDPT:
-    options = dict(options)
-    if options.setdefault("mode", mode) != mode:
-        raise ConfigError(f"method idpt{'_faithful' if mode == 'faithful' else ''} has mode {mode}, got "
-                          f"mode={options['mode']!r}; use method idpt or idpt_faithful")
-    opts = parse_options(IDPTOptions, options, "idpt")
+    method = "idpt_faithful" if mode == "faithful" else "idpt"
+    opts = parse_options(IDPTOptions, with_mode(options, method, mode), "idpt")
     _bool_or_none(opts)
     opts = opts.resolved()
-    name = backbone_name(model)
-    if name not in ("point_mae", "point_bert"):
-        raise ConfigError(f"idpt has no recipe for {name}: it needs a cls token (Point-MAE, Point-BERT)")
+    require_cls_token(model, "idpt")
     if not 0 <= opts.prompt_layer < model.cfg.depth:
         raise ConfigError(f"idpt option prompt_layer={opts.prompt_layer} is invalid: expected a block index "
                           f"below {model.cfg.depth}")

@@ -17,7 +17,7 @@ from torch import nn
 
 from models.layers import mlp_head, trunc_normal_
 from models.peft.idpt.dgcnn import DGCNNPrompt
-from models.peft.shared import frozen_batchnorms_eval
+from models.peft.shared import FrozenBNStatsMixin, adopt_stem
 
 
 class IDPTEncoder(nn.Module):
@@ -33,23 +33,17 @@ def _store_grad(param: nn.Parameter, grad: torch.Tensor) -> None:
     param.grad = grad if param.grad is None else param.grad + grad
 
 
-class IDPT(nn.Module):
+class IDPT(FrozenBNStatsMixin, nn.Module):
     """(B, N, 3) points -> (B, num_classes) logits."""
 
     def __init__(self, backbone: nn.Module, opts):
         super().__init__()
         cfg = backbone.cfg
         self.cfg, self.opts = cfg, opts
-        self.checkpoint_sha256 = getattr(backbone, "checkpoint_sha256", None)
         dim = cfg.trans_dim
-        self.cls_token, self.cls_pos = backbone.cls_token, backbone.cls_pos
+        adopt_stem(self, backbone)
         self.prompt_pos = nn.Parameter(torch.zeros(1, 1, dim))
         trunc_normal_(self.prompt_pos, std=0.02)
-        self.group_divider = backbone.group_divider
-        self.encoder = backbone.encoder
-        if hasattr(backbone, "reduce_dim"):
-            self.reduce_dim = backbone.reduce_dim
-        self.pos_embed = backbone.pos_embed
         self.blocks = IDPTEncoder(backbone.blocks, dim, opts.k, opts.bn_aliases)
         self.norm = backbone.norm
         width = dim * (3 if opts.head_input == "all" else 1)
@@ -62,12 +56,6 @@ class IDPT(nn.Module):
     def is_tuned(self, name: str) -> bool:
         """IDPT's filter: names containing ``cls`` (official), plus ``prompt_pos`` when it trains."""
         return "cls" in name or (self.opts.train_prompt_pos and name == "prompt_pos")
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.opts.freeze_bn_stats:
-            frozen_batchnorms_eval(self)
-        return self
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, pts: torch.Tensor) -> torch.Tensor:
