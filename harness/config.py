@@ -34,7 +34,7 @@ from models.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 SET_SOURCE = "--set"
 
-# The official point_all for each npoints (spec backbones 9.1); kept here so config validation
+# The official point_all for each npoints (the official fine-tuning runners); kept here so config validation
 # does not import the data package.
 POINT_ALL = {1024: 1200, 2048: 2400, 4096: 4800, 8192: 8192}
 
@@ -63,7 +63,7 @@ class DataConfig:
     point_all: Optional[int] = None       # null = the official table for npoints
     use_normals: bool = False
     permute_train: bool = True            # official: train clouds re-permuted on every access
-    num_workers: int = 0
+    num_workers: Optional[int] = None     # null = min(4, usable CPUs - 1): harness.train.data_workers
     val_fraction: float = 0.0             # carve a validation split out of train (seeded)
     fingerprint: Optional[str] = None     # filled when resolved: harness.fingerprint of root's files
 
@@ -120,7 +120,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     runs_dir: str = "results/runs"
-    tensorboard: bool = True
+    tensorboard: Optional[bool] = None    # TensorBoard events in tb/; null = when tensorboard is installed
     progress: Optional[bool] = None       # tqdm bars; null = when stderr is a terminal
     keep_best: bool = True                # keep best-on-test weights (needed to vote on them)
 
@@ -396,7 +396,7 @@ def _check(cond: bool, key: str, sources: dict, message: str) -> None:
 def _resolve(cfg: RunConfig, sources: dict) -> RunConfig:
     """Semantic checks and defaults that depend on other fields (npoints, cosine length)."""
     from harness.catalog import DATASETS
-    from models.classifier import BACKBONES, METHODS, default_npoints
+    from models.classifier import BACKBONES, METHODS, backbone_config, check_geometry, default_npoints
 
     m, d, o, s, t = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.train
     _check(m.backbone in BACKBONES, "model.backbone", sources,
@@ -414,13 +414,18 @@ def _resolve(cfg: RunConfig, sources: dict) -> RunConfig:
            "true is not supported: the backbones read xyz only")
     npoints = d.npoints if d.npoints is not None else default_npoints(m.backbone, DATASETS[d.dataset].family)
     _check(npoints > 0, "data.npoints", sources, f"must be positive, got {npoints}")
+    try:   # backbone options: types, sizes, and groups that fit the input points
+        bcfg = backbone_config(m.backbone, 1, DATASETS[d.dataset].family, **m.backbone_options)
+        check_geometry(m.backbone, bcfg, npoints)
+    except ConfigError as err:
+        raise ConfigError(f"{_where('model.backbone_options', sources)}: model.backbone_options: {err}") from None
     point_all = d.point_all
     if point_all is None:
         _check(npoints in POINT_ALL, "data.npoints", sources,
                f"{npoints} has no official point_all ({sorted(POINT_ALL)}); set data.point_all")
         point_all = POINT_ALL[npoints]
     _check(point_all >= npoints, "data.point_all", sources, f"must be >= npoints ({npoints}), got {point_all}")
-    _check(d.num_workers >= 0, "data.num_workers", sources, "must be >= 0")
+    _check(d.num_workers is None or d.num_workers >= 0, "data.num_workers", sources, "must be >= 0 or null")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", sources, "must be in [0, 1)")
     _check(o.lr > 0, "optim.lr", sources, "must be > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", sources, "must be >= 0")

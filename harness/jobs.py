@@ -9,7 +9,8 @@
 * local: the job id is the process id; the process is alive or it is finished.
 
 A job that finished without its run writing a result record died (killed, out of memory,
-data missing on the node ...): its submitit log (``<folder>/<job id>_0_log.err``) says why.
+data missing on the node ...): its submitit log (``<folder>/<job id>_0_log.err``) says why, or,
+when a SIGKILL left that empty, ``<job id>_0_log.out`` shows how far the run got.
 """
 from __future__ import annotations
 
@@ -97,13 +98,27 @@ def is_alive(state: str | None) -> bool:
     return state in ALIVE
 
 
-def log_path(info: dict) -> Path | None:
-    """The job's submitit stderr log (where tracebacks and scheduler messages land)."""
+def log_path(info: dict, stream: str = "stderr") -> Path | None:
+    """The job's submitit log: ``stderr`` (tracebacks, scheduler messages) or ``stdout``."""
     if not info.get("folder") or not info.get("job_id"):
         return None
     from submitit.core.utils import JobPaths
 
-    return JobPaths(info["folder"], job_id=str(info["job_id"]), task_id=0).stderr
+    return getattr(JobPaths(info["folder"], job_id=str(info["job_id"]), task_id=0), stream)
+
+
+def job_log(info: dict, lines: int = 5) -> tuple[Path | None, list[str]]:
+    """(log path, its last lines) for a job that died: its stderr log, or its stdout log when
+    stderr says nothing (a SIGKILL leaves no message; the run's last progress line then shows
+    how far it got). (stderr path, []) when neither has a line."""
+    err = log_path(info)
+    tail = log_tail(err, lines)
+    if err is not None and not tail:
+        out = log_path(info, "stdout")
+        out_tail = log_tail(out, lines)
+        if out_tail:
+            return out, out_tail
+    return err, tail
 
 
 def log_tail(path: Path | None, lines: int = 5) -> list[str]:

@@ -1,10 +1,12 @@
-"""Build, save and load Point-PEFT memory banks (the point-prior prompt's "cache", spec §2.1).
+"""Build, save and load Point-PEFT memory banks (the point-prior prompt's "cache").
 
 A bank is the matrix of frozen pre-trained query features of a training split, one column per
 sample: ``build_memory_bank`` runs ``model.query_features`` (the very function the model uses
 for its retrieval query) over a DataLoader of (points, label) batches. The official bank
 (11392 = 356 x 32 columns of the 11416-sample PB_T50_RS train split) suggests one pass with
-batch 32 and ``drop_last``; its columns are taken to be L2-normalised (spec §2.1, inferred).
+batch 32 and ``drop_last``: only faithful mode reproduces that drop (``bank_drop_last``); by
+default every training sample gets a column. Its columns are taken to be L2-normalised
+(inferred from the official bank).
 
 The file format and the checks against a model are in ``models.peft.point_peft.memory_bank``;
 ``save_memory_bank`` / ``load_memory_bank`` are re-exported here.
@@ -19,8 +21,14 @@ from torch.utils.data import DataLoader
 from models.peft.point_peft.memory_bank import (MemoryBankError, check_memory_bank, load_memory_bank,
                                      model_bank_identity, read_memory_bank, save_memory_bank)
 
-__all__ = ["build_memory_bank", "save_memory_bank", "load_memory_bank", "read_memory_bank",
+__all__ = ["bank_drop_last", "build_memory_bank", "save_memory_bank", "load_memory_bank", "read_memory_bank",
            "check_memory_bank", "MemoryBankError"]
+
+
+def bank_drop_last(model) -> bool:
+    """Whether the bank of ``model`` leaves out the last incomplete batch of the split: only in
+    Point-PEFT's faithful mode (the official bank's ``drop_last``); otherwise every sample."""
+    return getattr(getattr(model, "opts", None), "mode", None) == "faithful"
 
 
 @torch.no_grad()
@@ -54,6 +62,7 @@ def build_memory_bank(model, loader: DataLoader, device: str | torch.device = "c
             "split": split if split is not None else getattr(ds, "split", None),
             "count": int(bank.shape[1]), "normalize": bool(normalize),
             "drop_last": bool(getattr(loader, "drop_last", False)),
+            "left_out": (len(ds) - int(bank.shape[1])) if hasattr(ds, "__len__") else None,
             "batch_size": getattr(loader, "batch_size", None),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return {"bank": bank, "meta": meta}

@@ -2,7 +2,7 @@
 
 "Trainable" counts tensors with ``requires_grad``; "with grad" counts those that actually get a
 gradient in a forward/backward pass. The two differ when a method flags tensors it never uses
-(the official Point-PEFT does: spec point-peft §7), and the paper's figures count the latter.
+(the official Point-PEFT does: docs/point-peft.md, parameter counts), and the paper's figures count the latter.
 """
 from __future__ import annotations
 

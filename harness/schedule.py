@@ -1,6 +1,6 @@
 """The official learning-rate schedule: timm 0.4.5 ``CosineLRScheduler``, stepped per epoch.
 
-Settings of the official recipes (spec backbones 9.1): t_initial = 300, lr_min = 1e-6,
+Settings of the official recipes (their fine-tuning configs): t_initial = 300, lr_min = 1e-6,
 warmup_t = 10, warmup_lr_init = 1e-6, warmup_prefix = False, cycle_limit = 1:
 
     f(t) = warmup_lr + t * (lr - warmup_lr) / warmup_t                      t < warmup_t

@@ -1,6 +1,6 @@
 """One training run: ``run(cfg) -> result record``.
 
-What a run does, in order (spec backbones 9.1, point-peft 8):
+What a run does, in order (the official fine-tuning runners, which Point-PEFT reuses):
 1. check the files it needs (one-line error before any work); return the record at once if
    the run is already done; join the process group (torchrun / submitit / single process);
 2. data: official train / test splits, an optional seeded validation split carved from train;
@@ -26,6 +26,7 @@ run repeats the uninterrupted one exactly on the CPU, whatever ``num_workers`` i
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import functools
@@ -51,10 +52,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from harness import checkpointing, distributed
+from harness import checkpointing, distributed, runlock, tempfiles
 from harness.config import (REPO, RunConfig, check_paths, config_from_dict, config_hash, resolve_path,
                             run_dir, run_id, to_dict)
 from harness.schedule import EpochLR
+from models import ops
 from models.errors import BenchError, ConfigError
 
 KILL_ENV = "PPB_DEBUG_KILL_AFTER_EPOCH"   # test hook: SIGKILL this process after that epoch's checkpoint
@@ -70,6 +72,16 @@ class NonFiniteLoss(TrainingError, FloatingPointError):
 
 
 # ----------------------------------------------------------------------------- small helpers
+
+def data_workers(configured: int | None) -> int:
+    """DataLoader workers for ``data.num_workers``: the configured count, or for null
+    min(4, usable CPUs - 1), the CPUs being those this process may run on (a SLURM job's
+    ``--cpus-per-task``); 0 on one CPU. Quiet on a 2-core laptop (1 worker), 4 on a GPU node."""
+    if configured is not None:
+        return configured
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus - 1))
+
 
 def _mix(*parts) -> int:
     """A 63-bit seed from any parts (stable across processes and Python runs)."""
@@ -134,7 +146,10 @@ def error_info(err: BaseException) -> dict:
         if REPO in path.parents and "site-packages" not in path.parts:
             where = f"{path.relative_to(REPO)}:{frame.lineno}"
             break
-    message = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and err.strerror:   # e.g. "no space left on device: <file>"
+        message = checkpointing.os_error_text(err)
+    else:
+        message = str(err).strip() or type(err).__name__
     return {"type": type(err).__name__, "message": message, "where": where}
 
 
@@ -190,7 +205,7 @@ class SeededItems(Dataset):
             return self.base[index]
 
 
-def _build_splits(cfg: RunConfig, info: distributed.DistInfo, progress: bool):
+def _build_splits(cfg: RunConfig, info: distributed.DistInfo, progress: bool, log=None):
     from harness.data import build_dataset
     from harness.data.base import PointCloudDataset
 
@@ -199,7 +214,10 @@ def _build_splits(cfg: RunConfig, info: distributed.DistInfo, progress: bool):
     opts: dict = {"permute": d.permute_train}
     test_opts: dict = {"permute": False}
     if d.dataset == "modelnet40":
-        extra = {"use_normals": d.use_normals, "progress": progress and info.is_main}
+        # a missing .dat cache is built here (minutes on the real data): a bar on a terminal,
+        # and progress lines in the run's log either way
+        extra = {"use_normals": d.use_normals, "progress": progress and info.is_main,
+                 "log": log if info.is_main else None}
         opts.update(extra)
         test_opts.update(extra)
 
@@ -328,19 +346,24 @@ def _prepare_memory_bank(cfg: RunConfig, net: nn.Module, train_ds: Dataset, rdir
                          info: distributed.DistInfo, device: torch.device, progress: bool,
                          log) -> dict | None:
     """A PEFT model's bank: ``method_options.bank_path``, else the run's own ``memory_bank.pt``,
-    else built by rank 0 from the train split (no shuffle, drop_last) and saved there."""
+    else built by rank 0 from the train split (no shuffle; every sample, or the official
+    drop_last in faithful mode: ``harness.memory_bank.bank_drop_last``) and saved there."""
     if not _needs_bank(net):
         return None
-    from harness.memory_bank import build_memory_bank, load_memory_bank, read_memory_bank, save_memory_bank
+    from harness.memory_bank import (bank_drop_last, build_memory_bank, load_memory_bank, read_memory_bank,
+                                     save_memory_bank)
 
     given = cfg.model.method_options.get("bank_path")
     path = resolve_path(given) if given else rdir / "memory_bank.pt"
     if not given and not path.is_file():
         if info.is_main:
+            drop = bank_drop_last(net)
             loader = DataLoader(_fixed_view(train_ds), batch_size=cfg.train.batch_size, shuffle=False,
-                                drop_last=True, num_workers=cfg.data.num_workers,
+                                drop_last=drop, num_workers=data_workers(cfg.data.num_workers),
                                 collate_fn=functools.partial(_fps_collate, npoints=cfg.data.npoints))
-            log(f"building the memory bank from {len(loader) * cfg.train.batch_size} train samples -> {path}")
+            count = len(loader) * cfg.train.batch_size if drop else len(loader.dataset)
+            log(f"building the memory bank from {count} of {len(loader.dataset)} train samples"
+                f"{' (faithful mode: the official drop_last)' if drop else ''} -> {path}")
             was_training = net.training
             net.eval()
             with torch.random.fork_rng(devices=[]):
@@ -374,6 +397,7 @@ class _Run:
         self.train_samples = 0
         self.train_seconds = 0.0
         self.global_step = 0
+        self.started = False
         # compute time and peak memory over every segment of a resumed run (kept in checkpoints)
         self.segment_start = time.perf_counter()
         self.prior_compute_s, self.prior_peak, self.segments = 0.0, 0, 1
@@ -409,7 +433,7 @@ class _Run:
             self.rdir.mkdir(parents=True, exist_ok=True)
 
         # data
-        train, val, test = _build_splits(cfg, info, self.progress)
+        train, val, test = _build_splits(cfg, info, self.progress, self.log)
         self.train_ds = SeededItems(train, cfg.train.seed)
         self.n_train, self.n_test = len(train), len(test)
         self.n_val = len(val) if val is not None else 0
@@ -420,7 +444,7 @@ class _Run:
         self.loader_gen = torch.Generator()
         pin = self.device.type == "cuda"
         self.train_loader = DataLoader(self.train_ds, batch_size=self.local_bs, sampler=self.sampler,
-                                       drop_last=True, num_workers=cfg.data.num_workers, pin_memory=pin,
+                                       drop_last=True, num_workers=data_workers(cfg.data.num_workers), pin_memory=pin,
                                        worker_init_fn=_worker_init, generator=self.loader_gen)
         if len(self.train_loader) == 0:
             raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is more than the "
@@ -428,7 +452,7 @@ class _Run:
 
         def eval_loader(ds):
             return DataLoader(_shard(ds, info), batch_size=self.local_eval_bs, shuffle=False,
-                              num_workers=cfg.data.num_workers, pin_memory=pin, worker_init_fn=_worker_init)
+                              num_workers=data_workers(cfg.data.num_workers), pin_memory=pin, worker_init_fn=_worker_init)
         self.test_loader = eval_loader(test)
         self.val_loader = eval_loader(val) if val is not None else None
         sample_n = test.points.shape[1] if hasattr(test, "points") else cfg.data.point_all
@@ -437,6 +461,9 @@ class _Run:
         if cfg.data.npoints > self.cloud_points:
             raise ConfigError(f"data.npoints: {cfg.data.npoints} is more than the {self.cloud_points} "
                               f"points per cloud of {cfg.data.dataset}")
+
+        # which FPS / kNN implementation runs (a broken CUDA extension is found and reported now)
+        self.kernels = ops.probe_kernels(self.device)
 
         # model (same init on every rank)
         seed_everything(_mix(cfg.train.seed, "init") % (1 << 31))
@@ -554,8 +581,16 @@ class _Run:
         if not self.ckpt_path.is_file():
             return 0
         state = checkpointing.load(self.ckpt_path)
+        from models.errors import CheckpointError
+        needed = ["config_hash", "epoch", "model", "partial", "scheduler", "scaler", "rng", "history",
+                  "best", "train_samples", "train_seconds", "global_step"]
+        if self.engine is None:
+            needed.append("optimizer")
+        missing = [k for k in needed if k not in state or (k == "optimizer" and not isinstance(state[k], dict))]
+        if missing:
+            raise CheckpointError(f"{self.ckpt_path}: lacks {', '.join(missing)} (written by another version "
+                                  f"or tool?); delete it (rm {self.ckpt_path}) to restart the run from epoch 0")
         if state["config_hash"] != self.hash:
-            from models.errors import CheckpointError
             raise CheckpointError(f"{self.ckpt_path}: belongs to config {state['config_hash'][:10]}, "
                                   f"not {self.hash[:10]} (delete the run folder to start over)")
         self._check_weights(state, self.ckpt_path)
@@ -751,12 +786,15 @@ class _Run:
         write_bytes_atomic(self.rdir / "metrics.csv", buf.getvalue().encode())
 
     def open_tensorboard(self, start_epoch: int):
-        if not (self.info.is_main and self.cfg.output.tensorboard):
+        wanted = self.cfg.output.tensorboard   # null: when tensorboard is installed, silently off otherwise
+        if not self.info.is_main or wanted is False:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:  # noqa: BLE001 - tensorboard not installed or broken
-            self.note("tensorboard is not importable: no TensorBoard events written")
+            if wanted:
+                self.note("tensorboard is not importable: no TensorBoard events written "
+                          "(pip install tensorboard, or set output.tensorboard: null)")
             return None
         return SummaryWriter(str(self.rdir / "tb"), purge_step=start_epoch if start_epoch else None)
 
@@ -764,6 +802,9 @@ class _Run:
     def fit(self) -> dict:
         cfg = self.cfg
         start_epoch = self.try_resume()
+        self.started = True   # from here on a failure is the run's (a failure record), not the input's
+        if self.info.is_main:   # a failure record of an earlier attempt: this attempt replaces it
+            (self.rdir / "result.json").unlink(missing_ok=True)
         tb = self.open_tensorboard(start_epoch)
         epochs = cfg.schedule.epochs
         try:
@@ -828,6 +869,8 @@ class _Run:
             parts.append(f"val {row['val_acc']:.2f}%")
         if row.get("samples_per_s"):
             parts.append(f"{row['samples_per_s']:.1f} samples/s")
+        if row.get("epoch_time_s") is not None:
+            parts.append(f"{row['epoch_time_s']:.1f} s")
         return ", ".join(parts)
 
 
@@ -896,24 +939,84 @@ def check_engine(cfg: RunConfig) -> None:
                           "deepspeed, or set train.engine: ddp)")
 
 
+def check_device(device: str | None) -> None:
+    """``--device``: a torch device this machine has (one line otherwise, before any work)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r}: not a torch device; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available here (torch {torch.__version__}"
+                              f"{'' if torch.version.cuda else ', a CPU-only build'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        backend = getattr(torch, dev.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ConfigError(f"--device {device}: device type {dev.type!r} is not available here; "
+                              "expected cpu, cuda or cuda:N")
+
+
+def _main_by_env() -> bool:
+    """Rank 0 of the launch (torchrun RANK, submitit / srun SLURM_PROCID), before the group exists."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def _input_error(err: BaseException) -> BaseException:
+    """Mark a BenchError raised before training started: nothing was run, no record is written."""
+    err.nothing_run = True
+    return err
+
+
 def run(cfg: RunConfig, device: str | None = None) -> dict:
     """Train and evaluate one run; returns its result record (written to result.json on rank 0).
 
     A finished run (a done record with the same config hash) is returned without training; an
-    interrupted one resumes from its checkpoint. Any exception writes a failure record (rank 0)
-    and is re-raised.
+    interrupted one resumes from its checkpoint. Rank 0 holds the run's lock (``run.lock``) while
+    it trains, so two processes never train one run at once (``harness.runlock``). A config,
+    data or checkpoint problem found before the first epoch starts is re-raised with
+    ``nothing_run = True`` and leaves no record; any later exception writes a failure record
+    (rank 0) and is re-raised.
     """
-    check_paths(cfg)            # one-line errors before any work
-    check_engine(cfg)
-    fingerprint = check_data_identity(cfg)
+    try:                        # one-line errors before any work
+        check_paths(cfg)
+        check_engine(cfg)
+        check_device(device)
+        fingerprint = check_data_identity(cfg)
+    except BenchError as err:
+        raise _input_error(err) from None
     done = read_done_record(cfg)
     if done is not None:
         print(f"[{done['run_id']}] already done: {result_path(cfg)}", flush=True)
         return done
+    rdir = run_dir(cfg)
+    lock = runlock.RunLock(rdir, run_id(cfg)) if _main_by_env() else None
+    existed = rdir.is_dir()
+    try:
+        if lock is not None:
+            try:
+                lock.acquire()
+            except OSError as err:
+                raise _input_error(ConfigError(f"output.runs_dir: cannot create the run folder {rdir}: "
+                                               f"{checkpointing.os_error_text(err)}")) from None
+            except runlock.RunLocked as err:
+                raise _input_error(err) from None
+            tempfiles.sweep_stale(rdir, whole_folder=True)   # left by a killed earlier attempt
+        return _run_locked(cfg, device, fingerprint)
+    finally:
+        if lock is not None:
+            lock.release()
+        if not existed:   # a run that never started leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                rdir.rmdir()
+
+
+def _run_locked(cfg: RunConfig, device: str | None, fingerprint) -> dict:
     start_time, t0 = _now(), time.perf_counter()
     info = distributed.setup(device)
-    if info.is_main and result_path(cfg).is_file():
-        result_path(cfg).unlink()   # a failure record of an earlier attempt: this one replaces it
     record = _base_record(cfg, start_time)
     record["world_size"], record["device"] = info.world_size, None
     state = None
@@ -937,14 +1040,19 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
             amp=state.amp,
             resumed_from_epoch=getattr(state, "resumed_from", None),
             memory_bank=state.bank_info,
+            kernels=state.kernels,
         )
     except BaseException as err:
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             # interrupted, not failed (Ctrl-C, or submitit's exit after a preemption or timeout
             # signal): the checkpoint is there to resume from
+            distributed.teardown(info)
             raise
+        if isinstance(err, BenchError) and not (state is not None and state.started):
+            distributed.teardown(info)
+            raise _input_error(err)   # the input's fault, found before training: nothing was run
         record.update(status="failed", error=error_info(err),
-                      epochs=len(state.history) if state is not None else 0)
+                      epochs=len(state.history) if state is not None else 0, kernels=ops.kernels_used(info.device))
         _finish(record, info, t0, state)
         distributed.teardown(info)
         raise

@@ -1,7 +1,7 @@
 """Read the official checkpoint files of Point-MAE, Point-BERT and Point-M2AE onto our models.
 
 The official loaders are lenient: ``load_state_dict(strict=False)`` after a rename, so a file
-with the wrong naming loads nothing and says nothing (spec backbones §6). This loader applies
+with the wrong naming loads nothing and says nothing (official checkpoints). This loader applies
 the same renames (``KEYMAPS``) and then refuses anything suspicious: a model key the file lacks
 (unless it is legitimately new, e.g. the head of a model started from pre-training), a shape
 that differs, or a file where fewer than 90% of the backbone tensors match. Every error is one

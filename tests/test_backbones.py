@@ -1,5 +1,5 @@
 """Point-BERT and Point-M2AE (and Point-MAE) against the official state-dict lists, counts and
-the behaviour the spec pins down: M2AE hierarchy, token merging, radius mask and pooling."""
+the official behaviour: M2AE hierarchy, token merging, radius mask and pooling."""
 from __future__ import annotations
 
 import pytest
@@ -44,7 +44,7 @@ def test_state_dict_equals_official_list(reference_list, backbone, num_classes, 
 
 
 def test_point_bert_official_scan_config_has_40_logits():
-    """The official ScanObjectNN cfg keeps cls_dim 40 (spec §3): the count the README quotes."""
+    """The official ScanObjectNN cfg keeps cls_dim 40: the count the README quotes."""
     model = build_model("point_bert", 40, family="scan")
     assert count_params(model).total == 22_065_960
 

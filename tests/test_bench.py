@@ -109,7 +109,7 @@ def test_quick_cli_writes_json_markdown_and_readme_block(tiny_bench, tmp_path, c
         assert fps["status"] in ("pass", "fail") and fps["value"] > 0
     else:
         assert fps["status"] == "not-measured"
-    for name in ("matrix_1000_expand_dry_run", "tables_from_10000_records"):
+    for name in ("matrix_1000_expand_dry_run", "status_1000_slurm_runs", "tables_from_100000_records"):
         assert targets[name]["status"] in STATUSES
 
     md = md_path.read_text()

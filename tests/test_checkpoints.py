@@ -1,4 +1,4 @@
-"""Loading files laid out as the official checkpoints (spec backbones §6), and every refusal."""
+"""Loading files laid out as the official checkpoints, and every refusal."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +15,7 @@ from models.errors import CheckpointError, ConfigError
 LISTS = {"point_mae": "point_mae_finetune_state_dict.txt",
          "point_bert": "point_bert_finetune_state_dict.txt",
          "point_m2ae": "point_m2ae_finetune_state_dict.txt"}
-# spec §6.2: loaded (incl. num_batches_tracked), missing (new), unexpected, deleted
+# official loading report: loaded (incl. num_batches_tracked), missing (new), unexpected, deleted
 COUNTS = {"point_mae": (156, 16, 53, 0), "point_bert": (160, 4, 3, 248), "point_m2ae": (231, 16, 62, 0)}
 META = {"optimizer": {}, "epoch": 300, "metrics": {"acc": 90.0}, "best_metrics": {"acc": 91.5}}
 
@@ -98,7 +98,7 @@ def test_finetuned_checkpoint_round_trips_strictly(tmp_path, backbone):
 
 
 def test_a_40_logit_head_needs_allow_missing_head(tmp_path):
-    """Official Point-BERT ScanObjectNN checkpoints have 40 logits (spec §3)."""
+    """Official Point-BERT ScanObjectNN checkpoints have 40 logits (official configs)."""
     path = save(tmp_path / "ckpt-best.pth", build_model("point_bert", 40).state_dict())
     model = build_model("point_bert", 15)
     with pytest.raises(CheckpointError) as err:

@@ -186,6 +186,15 @@ def test_check_passes_on_synthetic_with_allowed_mismatch(tmp_path, capsys):
         assert "warning:" not in capsys.readouterr().out
 
 
+def test_check_shows_chance_and_majority_class_of_the_test_split(tmp_path, capsys):
+    root = write_synthetic("modelnet40", tmp_path / "mn40", 2, 3, num_classes=2)
+    lst = root / "modelnet40_test.txt"
+    lst.write_text("".join(ln + "\n" for ln in lst.read_text().split() if ln != "bathtub_0005"))
+    assert cli("data", "check", "--dataset", "modelnet40", "--root", str(root), "--allow-count-mismatch") == 0
+    assert ("baselines (test split): chance 50.00% (2 classes with samples), majority class 60.00% "
+            "(always 'airplane': 3 of 5 test samples)") in capsys.readouterr().out
+
+
 def test_check_fails_on_bad_folder(tmp_path, capsys):
     root = scan_root(tmp_path, data=GOOD["data"])  # no label key, no test file
     assert cli("data", "check", "--dataset", "scanobjectnn_obj_bg", "--root", str(root),
@@ -219,7 +228,7 @@ def test_unwritable_dataset_folder_for_the_cache(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("harness.data.modelnet40.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("harness.tempfiles.tempfile.mkstemp", refuse)
     raises_one_line("modelnet40_test_8192pts_fps.dat", "cannot write it (Permission denied)",
                     "writable dataset folder",
                     call=lambda: build_dataset("modelnet40", root, "test", progress=False))

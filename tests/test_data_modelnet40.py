@@ -174,3 +174,64 @@ def test_short_shape_is_filled_with_a_warning(tmp_path):
         ds = build_dataset("modelnet40", root, "train", npoints=256, progress=False)
     pts = ds.points[0]
     assert pts.shape == (256, 3) and len(torch.unique(pts, dim=0)) == 100
+
+
+def test_the_two_ready_caches_alone_load_and_check(synth_root, tmp_path):
+    """Only Point-BERT's two processed .dat files: loading and `data check` work; the class
+    names are the shipped official ones; a missing cache names exactly where it comes from."""
+    from harness.data.check import check_dataset, format_report
+
+    built = {split: build_dataset("modelnet40", synth_root, split, progress=False) for split in ("train", "test")}
+    root = tmp_path / "caches_only"
+    root.mkdir()
+    for split in ("train", "test"):
+        shutil.copyfile(modelnet40.cache_path(synth_root, split), root / modelnet40.cache_path(root, split).name)
+    assert sorted(p.name for p in root.iterdir()) == ["modelnet40_test_8192pts_fps.dat",
+                                                      "modelnet40_train_8192pts_fps.dat"]
+    for split in ("train", "test"):
+        ds = build_dataset("modelnet40", root, split, permute=False, progress=False)
+        assert torch.equal(ds.points, built[split].points) and torch.equal(ds.labels, built[split].labels)
+        assert ds.class_names == list(modelnet40.OFFICIAL_NAMES) and ds.class_names[0] == "airplane"
+    report = check_dataset("modelnet40", root, expect_official_counts=False)
+    assert report.ok, format_report(report)
+    assert sum(report.counts["train"]) == len(built["train"]) and report.counts["test"][:3] == [1, 1, 1]
+    assert any("read alone" in n for n in report.notes)
+    (root / "modelnet40_test_8192pts_fps.dat").unlink()
+    with pytest.raises(Exception) as err:
+        build_dataset("modelnet40", root, "test", progress=False)
+    msg = str(err.value)
+    assert "modelnet40_test.txt" in msg and "modelnet40_normal_resampled.zip" in msg
+    assert "modelnet40_test_8192pts_fps.dat" in msg and "\n" not in msg
+
+
+def test_cache_build_logs_progress_lines(synth_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(synth_root, root)
+    for p in root.glob("*.dat"):
+        p.unlink()
+    lines = []
+    build_dataset("modelnet40", root, "train", progress=False, log=lines.append)
+    assert lines[0].startswith(f"building {modelnet40.cache_path(root, 'train')} from 6 shapes")
+    assert lines[-1].startswith("building modelnet40_train_8192pts_fps.dat: 6/6 (100%)")
+    assert len(lines) == 1 + 6   # one line per shape: 10 % of 6 rounds down to every shape
+
+
+def test_training_logs_the_cache_build(synth_root, tmp_path):
+    """A run whose ModelNet40 caches are missing builds them with progress lines in its log."""
+    from types import SimpleNamespace
+
+    from harness import distributed, train
+
+    root = tmp_path / "copy"
+    shutil.copytree(synth_root, root)
+    for p in root.glob("*.dat"):
+        p.unlink()
+    cfg = SimpleNamespace(data=SimpleNamespace(dataset="modelnet40", root=str(root), permute_train=True,
+                                               use_normals=False, val_fraction=0.0))
+    lines = []
+    tr, _, te = train._build_splits(cfg, distributed.DistInfo(), False, lines.append)
+    assert (len(tr), len(te)) == (6, 3)
+    for split, n in (("train", 6), ("test", 3)):
+        assert any(line.startswith(f"building {root / f'modelnet40_{split}_8192pts_fps.dat'} from {n} shapes")
+                   for line in lines)
+        assert f"building modelnet40_{split}_8192pts_fps.dat: {n}/{n} (100%)" in "\n".join(lines)

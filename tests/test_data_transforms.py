@@ -1,4 +1,4 @@
-"""Train-time sampling and augmentations (spec 9.1, 9.3): ranges, sharing, determinism."""
+"""Train-time sampling and augmentations of the official runners: ranges, sharing, determinism."""
 import math
 
 import pytest

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from harness.memory_bank import (MemoryBankError, build_memory_bank, load_memory_bank, read_memory_bank,
-                                 save_memory_bank)
+from harness.memory_bank import (MemoryBankError, bank_drop_last, build_memory_bank, load_memory_bank,
+                                 read_memory_bank, save_memory_bank)
 from test_point_peft import points, small_model
 
 
@@ -72,6 +72,13 @@ def test_bank_path_option_loads_the_bank(tmp_path):
     assert again.has_memory_bank and again.memory_bank.shape == (384, 8)
 
 
+def args_list(root, out):
+    return ["build-cache", "--backbone", "point_mae", "--dataset", "scanobjectnn_obj_bg", "--root", str(root),
+            "--out", str(out), "--batch-size", "3", "--npoints", "256", "--no-progress",
+            "--backbone-option", "num_group=16", "--backbone-option", "group_size=8",
+            "--option", "query_num_group=8", "--option", "query_group_size=8"]
+
+
 def test_build_cache_command_on_a_synthetic_dataset(tmp_path, capsys):
     from harness.cli import build_cache
     from harness.data.synthetic import write_synthetic
@@ -81,15 +88,29 @@ def test_build_cache_command_on_a_synthetic_dataset(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     build_cache.register(parser.add_subparsers())
     out = tmp_path / "bank.pt"
-    args = parser.parse_args([
-        "build-cache", "--backbone", "point_mae", "--dataset", "scanobjectnn_obj_bg", "--root", str(root),
-        "--out", str(out), "--batch-size", "3", "--npoints", "256", "--no-progress",
-        "--backbone-option", "num_group=16", "--backbone-option", "group_size=8",
-        "--option", "query_num_group=8", "--option", "query_group_size=8"])
+    args = parser.parse_args(args_list(root, out))
     assert args.func(args) == 0
-    assert "384 x 9" in capsys.readouterr().out  # 10 samples, batch 3, drop_last
+    assert "384 x 10 (point_mae, scanobjectnn_obj_bg train of 10," in capsys.readouterr().out  # every sample
     meta = read_memory_bank(out)["meta"]
     assert (meta["dataset"], meta["split"], meta["npoints"]) == ("scanobjectnn_obj_bg", "train", 256)
+    assert (meta["count"], meta["drop_last"], meta["left_out"]) == (10, False, 0)
     model = small_model(bank_columns=0)
     load_memory_bank(out, model)
-    assert model.memory_bank.shape == (384, 9)
+    assert model.memory_bank.shape == (384, 10)
+    # faithful mode reproduces the official drop_last, and the bank says so
+    faithful = tmp_path / "faithful.pt"
+    args = parser.parse_args([*args_list(root, faithful), "--option", "mode=faithful"])
+    assert args.func(args) == 0
+    assert "384 x 9 (point_mae, scanobjectnn_obj_bg train of 10, 1 left out (faithful drop_last)" in capsys.readouterr().out
+    meta = read_memory_bank(faithful)["meta"]
+    assert (meta["count"], meta["drop_last"], meta["left_out"]) == (9, True, 1)
+
+
+def test_bank_covers_every_training_sample_unless_faithful():
+    """127 samples in batches of 32: 127 columns; the official drop_last (faithful mode) keeps 96."""
+    data = TensorDataset(points(127), torch.zeros(127, dtype=torch.long))
+    for mode, columns in (("fixed", 127), ("faithful", 96)):
+        model = small_model(mode=mode, bank_columns=0)
+        batches = DataLoader(data, batch_size=32, shuffle=False, drop_last=bank_drop_last(model))
+        meta = build_memory_bank(model, batches, progress=False)["meta"]
+        assert (meta["count"], meta["left_out"], meta["drop_last"]) == (columns, 127 - columns, mode == "faithful")

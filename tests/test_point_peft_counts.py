@@ -1,4 +1,4 @@
-"""Point-PEFT parameter counts against spec point-peft §7 (MAE, M2AE) and §10 (Point-BERT port).
+"""Point-PEFT parameter counts against docs/point-peft.md §7 (MAE, M2AE) and §10 (Point-BERT port).
 
 Full-size models; the gradient check runs one B=2 forward/backward on fewer points than the
 recipe (which tensors receive a gradient does not depend on the point count)."""
@@ -68,7 +68,7 @@ def test_params_cli_lists_point_peft_in_both_modes():
     assert rows("--method", "point_peft_faithful") == [("point_peft_faithful", 22_560_409, 773_017, 710_749)]
 
 
-# The official runner's rule (spec §6): a parameter trains if its DataParallel name contains one of these.
+# The official runner's rule (docs/point-peft.md §6): a parameter trains if its DataParallel name contains one of these.
 OFFICIAL_SUBSTRINGS = ("cp", "adapter1", "norm3", "attn1.", "out_transform", ".adapter.", "proj.bias", "fc1.bias",
                        "fc2.bias", "norm1.bias", "norm2.bias", "prompt_cor", "cls_pos", "cls_token", "cls_head_",
                        "norm.", "ad_gate", "prompt_embedding", "attn_free_linear", "cache_gate", ".gate.")

@@ -42,9 +42,13 @@ def tiny(path: Path, root: Path, runs: Path, *sets: str):
     return load_config(path, [f"data.root={root}", f"output.runs_dir={runs}", *sets])
 
 
-def metrics_rows(cfg) -> list[dict]:
+def metrics_rows_timed(cfg) -> list[dict]:
     with open(run_dir(cfg) / "metrics.csv", newline="") as fh:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(fh)]
+        return list(csv.DictReader(fh))
+
+
+def metrics_rows(cfg) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in metrics_rows_timed(cfg)]
 
 
 def final_weights(cfg) -> dict:
@@ -104,10 +108,18 @@ def check_resume(path: Path, root: Path, runs: Path, ref_cfg, ref: dict, kill_af
     cfg, record, killed = cli_run(path, root, runs, *sets, env={KILL_ENV: str(kill_after)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert record is None and run_dir(cfg).name == ref["run_id"]
-    assert checkpointing.load(run_dir(cfg) / "checkpoint.pt")["epoch"] == kill_after
+    first = checkpointing.load(run_dir(cfg) / "checkpoint.pt")
+    assert first["epoch"] == kill_after and first["segments"] == 1
     cfg, record, out = cli_run(path, root, runs, *sets)          # restarted: resumes
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"after epoch {kill_after}" in out.stdout and record["resumed_from_epoch"] == kill_after
+    # compute time is summed over both segments: the first (as its checkpoint kept it) covers
+    # epochs 0..kill_after, the second at least the later epochs and at most its process's wall time
+    epoch_s = [float(r["epoch_time_s"]) for r in metrics_rows_timed(cfg)]
+    second = record["compute_time_s"] - first["compute_time_s"]
+    assert record["segments"] == 2
+    assert first["compute_time_s"] >= sum(epoch_s[:kill_after + 1])
+    assert sum(epoch_s[kill_after + 1:]) <= second <= record["wall_time_s"] + 0.05   # cost() is read just after
     assert record["metrics"] == ref["metrics"]
     assert metrics_rows(cfg) == metrics_rows(ref_cfg)
     ref_w, w = final_weights(ref_cfg), final_weights(cfg)
@@ -211,7 +223,8 @@ def test_deepspeed_asked_for_but_absent_is_one_line(synth, tmp_path):
 
 @pytest.mark.slow
 def test_deepspeed_engine_matches_the_ddp_engine(synth, tmp_path):
-    pytest.importorskip("deepspeed")
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional and not in [dev] (it needs a CUDA toolchain): "
+                        "pip install --no-build-isolation -e \".[deepspeed]\"")
     sets = ("schedule.epochs=2", "train.max_steps_per_epoch=2")
     for engine, zero in (("ddp", 0), ("deepspeed", 0), ("deepspeed", 2)):
         runs = tmp_path / f"{engine}{zero}"

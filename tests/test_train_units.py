@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def spec_f(t: float) -> float:
-    """spec backbones 9.1, written out with the official constants."""
+    """The official recipes' schedule, written out with the official constants."""
     if t < 10:
         return 1e-6 + t * (5e-4 - 1e-6) / 10
     if t < 300:

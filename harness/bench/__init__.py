@@ -1,4 +1,4 @@
-"""``run_all.py bench``: speed and memory of the ops, the models and the tooling (issue 9).
+"""``run_all.py bench``: speed and memory of the ops, the models and the tooling.
 
 Three parts, each selectable with ``--only``:
 
@@ -6,11 +6,11 @@ Three parts, each selectable with ``--only``:
   pointnet2_ops, knn_cuda (CUDA), median seconds and ours/theirs;
 * ``models`` (``model_cases``): training and eval samples/s and peak memory of every registered
   backbone x method, one fresh process per case (``python -m harness.bench --one SPEC``);
-* ``tooling`` (``tooling_cases``): expanding + dry-run submitting 1,000 runs, and building the
-  tables from 10,000 result records.
+* ``tooling`` (``tooling_cases``): expanding + dry-run submitting 1,000 runs, reporting the
+  status of 1,000 SLURM runs, and building the tables from 100,000 result records.
 
 ``run_bench`` returns the report (a plain dict, schema in ``results/bench/README.md``);
-``report.build_targets`` scores it against the issue's targets and ``write_outputs`` writes
+``report.build_targets`` scores it against the project's targets (``report.build_targets``) and ``write_outputs`` writes
 ``<out>/<device>-<date>[-quick].json`` and ``.md`` and the README block between
 ``<!-- bench:<device>:start -->`` and ``<!-- bench:<device>:end -->``.
 """

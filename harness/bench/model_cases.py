@@ -34,7 +34,7 @@ BANK_COLUMNS = 11416  # ScanObjectNN PB_T50_RS training samples = one column eac
 QUICK_CPU_BATCH = 4
 RESULT_MARK = "BENCH_RESULT "
 
-# The official implementations on a machine of our kind (shared/notes/official-cpu-speed.md):
+# The official implementations, timed once on a machine of our kind (2-core CPU):
 # CPU, 2 threads, float32, batch 32. (s per train step, s per eval forward, peak RSS increase)
 OFFICIAL_CPU = {
     ("point_mae", "full"): (7.76, 2.53, 3.9e9),
@@ -196,7 +196,7 @@ def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall
     if official and spec["device"] == "cpu" and spec["batch"] == 32 and spec["precision"] == "fp32":
         entry["official_cpu"] = {"train_step_s": official[0], "eval_step_s": official[1],
                                  "peak_train_memory_bytes": official[2],
-                                 "source": "shared/notes/official-cpu-speed.md (2 threads, batch 32)"}
+                                 "source": "the official code timed on a 2-core CPU (2 threads, batch 32)"}
     return entry
 
 

@@ -6,7 +6,7 @@ SLURM scheduler, and tabulates 100,000 results.
   ``experiments/recipes/official.yaml``; timed: what ``run_all.py submit --dry-run`` computes:
   ``harness.matrix.expand``, ``matrix.run_state`` of every run (which need submitting) and
   ``harness.launch.sbatch_script`` for the job array (no sbatch call; the table not printed).
-* tables: 10,000 synthetic result records (schema of ``harness.results``; 2% failed, 5% on
+* tables: 100,000 synthetic result records (schema of ``harness.results``; 2% failed, 5% on
   synthetic data) written to a temporary runs folder (not timed); timed: load_records +
   collect + collect_failed + summarize + load_reference + render_markdown (what
   ``run_all.py tables`` computes; plots and file writes are not included). The page cache is

@@ -12,14 +12,16 @@ from harness.bench.common import PARTS, BenchSetupError
 ROOT = Path(__file__).resolve().parents[2]
 
 HELP = """\
-Measure how fast and how light the project is, and score it against issue 9's targets:
+Measure how fast and how light the project is, and score it against the project's targets
+(listed in the report's Targets table with their thresholds):
 
   ops      FPS 2048->128 and 8192->1024, kNN 32 of 2048 for 128 centers (batch 32): ours vs
            fpsample / torch_cluster / pytorch3d (CPU) or pointnet2_ops / knn_cuda (CUDA);
            libraries that are not installed are skipped with a note
   models   training and eval samples/s and peak memory of every registered backbone x method
            (ScanObjectNN-family geometry, batch 32; on CUDA also bf16), one fresh process each
-  tooling  expand + dry-run submit of a 1,000-run matrix; tables from 10,000 result records
+  tooling  expand + dry-run submit of a 1,000-run matrix; status of 1,000 SLURM runs; tables
+           from 100,000 result records
 
 Writes OUT/<device>-<date>.json and .md (OUT/<device>-<date>-quick.* in --quick mode), prints
 the tables, and replaces the README block between <!-- bench:<device>:start --> and

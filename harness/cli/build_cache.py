@@ -12,10 +12,11 @@ query feature of every training sample, one column each, L2-normalised (the same
 model uses for its retrieval query, so build it from the checkpoint you fine-tune from).
 
 The train split is read in file order without augmentation; each cloud is reduced to the
-model's input size by FPS (as the official evaluation input is); batches of --batch-size with
-drop_last, as the official bank (11392 = 356 x 32 of PB_T50_RS's 11416) suggests. The file
-records backbone, checkpoint sha256, query settings, dataset, split, count and dimension;
-loading it onto a model that differs in any of those is an error.
+model's input size by FPS (as the official evaluation input is), in batches of --batch-size.
+Every sample gets a column; only with --option mode=faithful is the last incomplete batch
+dropped, as the official bank (11392 = 356 x 32 of PB_T50_RS's 11416) suggests. The file
+records backbone, checkpoint sha256, query settings, dataset, split, count, dimension and
+drop_last / left_out; loading it onto a model that differs in any of those is an error.
 
 examples:
   python run_all.py build-cache --backbone point_mae --dataset scanobjectnn_pb_t50_rs \\
@@ -38,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="PATH",
                    help="bank file to write (default: memory_banks/<backbone>-<dataset>-<checkpoint sha|random-init>.pt)")
     p.add_argument("--split", default="train", choices=["train", "test"], help="split to read (default train)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="batch size (default 32, drop_last)")
-    p.add_argument("--keep-last", action="store_true", help="keep the last incomplete batch (default: drop it)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="batch size (default 32; never drops a sample unless --option mode=faithful)")
     p.add_argument("--npoints", type=int, metavar="N",
                    help="points per cloud fed to the model (default: the backbone's recipe for the dataset)")
     p.add_argument("--no-normalize", action="store_true", help="keep the raw features (default: L2-normalise columns)")
@@ -61,7 +62,10 @@ def _options(items: list[str], flag: str = "--option") -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"{flag} {item!r}: the value is not valid YAML") from None
     return out
 
 
@@ -77,17 +81,23 @@ def run(args) -> int:
     from harness.cli import UserError
     from harness.data import build_dataset
     from harness.data.transforms import fps_points
-    from harness.memory_bank import build_memory_bank, save_memory_bank
-    from models.classifier import BACKBONES, build_model, choose, default_npoints
+    from harness.memory_bank import bank_drop_last, build_memory_bank, save_memory_bank
+    from harness.train import check_device
+    from models.classifier import BACKBONES, backbone_config, build_model, check_geometry, choose, default_npoints
 
     choose("backbone", args.backbone, BACKBONES)
     info = dataset_info(args.dataset)
+    check_device(args.device)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    model = build_model(args.backbone, info.num_classes, method="point_peft", family=info.family,
-                        method_options=_options(args.option), pretrained=args.checkpoint,
-                        **_options(args.backbone_option, "--backbone-option"))
+    if args.npoints is not None and args.npoints < 1:
+        raise UserError(f"--npoints must be at least 1, got {args.npoints}")
     npoints = args.npoints or default_npoints(args.backbone, info.family)
+    geometry = _options(args.backbone_option, "--backbone-option")
+    check_geometry(args.backbone, backbone_config(args.backbone, info.num_classes, info.family, **geometry),
+                   npoints)
+    model = build_model(args.backbone, info.num_classes, method="point_peft", family=info.family,
+                        method_options=_options(args.option), pretrained=args.checkpoint, **geometry)
     data = build_dataset(args.dataset, args.root, args.split, permute=False)
     if len(data) and data[0][0].shape[0] < npoints:
         raise UserError(f"{args.dataset} clouds hold {data[0][0].shape[0]} points, fewer than --npoints {npoints}")
@@ -96,7 +106,7 @@ def run(args) -> int:
         pts = torch.stack([p[:, :3] for p, _ in items])
         return fps_points(pts, npoints), torch.stack([torch.as_tensor(y) for _, y in items])
 
-    loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, drop_last=not args.keep_last,
+    loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, drop_last=bank_drop_last(model),
                         collate_fn=collate)
     result = build_memory_bank(model, loader, device=args.device, progress=not args.no_progress,
                                normalize=not args.no_normalize, dataset=args.dataset, split=args.split)
@@ -104,6 +114,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else default_out(args.backbone, args.dataset, model.checkpoint_sha256)
     save_memory_bank(out, result)
     meta = result["meta"]
+    dropped = f", {meta['left_out']} left out (faithful drop_last)" if meta["drop_last"] else ""
     print(f"wrote {out}: {meta['feature_dim']} x {meta['count']} ({args.backbone}, {args.dataset} "
-          f"{args.split}, checkpoint {meta['checkpoint'][:12]}, normalize={meta['normalize']})")
+          f"{args.split} of {len(data)}{dropped}, checkpoint {meta['checkpoint'][:12]}, normalize={meta['normalize']})")
     return 0

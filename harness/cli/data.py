@@ -26,9 +26,11 @@ first load (FPS, about 0.1 s per shape), so keep --train-per-class small or use
 
 CHECK_HELP = """\
 Check a dataset folder against what the official loaders expect: files present, h5 keys,
-shapes and dtypes, labels in range, the ModelNet40 lists, shape files and any .dat cache;
+shapes and dtypes, labels in range, the ModelNet40 lists, shape files and any .dat cache
+(Point-BERT's two ready 8192-point caches alone are enough: the project ships the class names);
 and the sample counts against the official release (PB_T50_RS 11416/2882, OBJ_BG and
-OBJ_ONLY 2309/581, ModelNet40 9843/2468, modelnet40_h5 9840/2468). Prints per-class counts
+OBJ_ONLY 2309/581, ModelNet40 9843/2468, modelnet40_h5 9840/2468). Prints per-class counts,
+the test split's baselines (chance and majority-class accuracy: what a trained model must beat)
 and one line per problem; exits 1 on any problem, 0 when the folder is ready."""
 
 

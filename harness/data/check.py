@@ -17,6 +17,7 @@ from tqdm import tqdm
 from harness.data import DataError, data_error, modelnet40
 from harness.data.base import SPLITS
 from harness.data.registry import DatasetInfo, build_dataset, dataset_info
+from harness.results.stats import class_baselines
 
 
 @dataclass
@@ -36,8 +37,14 @@ class CheckReport:
 
 def _modelnet40_counts(info: DatasetInfo, root: Path, split: str, deep: bool,
                        report: CheckReport) -> list[int]:
+    names = modelnet40.class_names(root)
+    list_file, cache = modelnet40.list_path(root, split), modelnet40.cache_path(root, split)
+    if not list_file.is_file() and cache.is_file():   # Point-BERT's ready caches alone
+        labels = modelnet40.read_cache(cache, None, 8192)[1]
+        report.notes.append(f"{split}: {cache.name} read alone (no {list_file.name}: labels checked "
+                            "for range only; the list and shape files are needed only to rebuild it)")
+        return np.bincount(labels, minlength=info.num_classes).tolist()
     names, files, labels = modelnet40.read_split(root, split)
-    list_file = root / f"modelnet40_{split}.txt"
     if tuple(names) != info.class_names:
         report.errors.append(str(data_error(
             root / "modelnet40_shape_names.txt", "found names in a different order or spelling",
@@ -47,7 +54,6 @@ def _modelnet40_counts(info: DatasetInfo, root: Path, split: str, deep: bool,
         raise data_error(missing[0], f"no such file ({len(missing)} of {len(files)} shapes "
                          f"listed in {list_file.name} are missing)",
                          "one <class>/<id>.txt per listed id", info.source)
-    cache = modelnet40.cache_path(root, split)
     if cache.is_file():
         modelnet40.read_cache(cache, labels, 8192)
         report.notes.append(f"{split}: cache {cache.name} matches {list_file.name}")
@@ -92,6 +98,18 @@ def check_dataset(name: str, root: str | Path, expect_official_counts: bool = Tr
     return report
 
 
+def baselines_line(report: CheckReport) -> str:
+    """What an accuracy on this test split must beat: chance and the majority class (in %)."""
+    counts = report.counts["test"]
+    chance, majority = class_baselines(counts)
+    if chance is None:
+        return "baselines (test split): none, the test split has no samples"
+    top = max(range(len(counts)), key=counts.__getitem__)
+    return (f"baselines (test split): chance {chance:.2f}% ({round(100 / chance)} classes with samples), "
+            f"majority class {majority:.2f}% (always '{report.class_names[top]}': "
+            f"{counts[top]} of {sum(counts)} test samples)")
+
+
 def format_report(report: CheckReport) -> str:
     """Per-class count table, then notes, warnings, errors and a verdict line."""
     splits = [s for s in SPLITS if s in report.counts]
@@ -103,6 +121,8 @@ def format_report(report: CheckReport) -> str:
     lines = [f"{report.name} at {report.root}"]
     if splits:
         lines.append(tabulate(rows, headers=["label", "class", *splits], tablefmt="github"))
+    if "test" in report.counts:
+        lines.append(baselines_line(report))
     lines += [f"note: {n}" for n in report.notes]
     lines += [f"warning: {w}" for w in report.warnings]
     lines += [f"error: {e}" for e in report.errors]

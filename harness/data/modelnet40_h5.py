@@ -1,4 +1,4 @@
-"""ModelNet40 from the official PointNet HDF5 release `modelnet40_ply_hdf5_2048` (spec 7.4).
+"""ModelNet40 from the official PointNet HDF5 release `modelnet40_ply_hdf5_2048`.
 
 Files are taken in the order of `{split}_files.txt` (only the base names count: the release's
 lists carry a `data/modelnet40_ply_hdf5_2048/` prefix); without a list file, the sorted

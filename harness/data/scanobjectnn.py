@@ -1,4 +1,4 @@
-"""ScanObjectNN from the authors' `h5_files.zip` (spec 7.1), read as the official loaders do.
+"""ScanObjectNN from the authors' `h5_files.zip`, read as the official loaders do.
 
 `root` is the unzipped `h5_files` folder (holding `main_split/` and `main_split_nobg/`); a
 root that already is the variant's folder is accepted too. Points are used as stored (no

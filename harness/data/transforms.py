@@ -1,4 +1,4 @@
-"""Train-time sampling and augmentations of the official runners (spec 9.1, 9.3).
+"""Train-time sampling and augmentations of the official runners (plain and "-aug").
 
 They act on whole batches (B, N, C) of torch tensors, on any device, out of place. Only the
 xyz channels (the first 3) are scaled and translated; a rotation also turns normals
@@ -110,7 +110,7 @@ def rotate_y(points: torch.Tensor, *, generator: torch.Generator, per_sample: bo
 def scale_and_rotate_y(points: torch.Tensor, *, generator: torch.Generator,
                        scale_low: float = 0.9, scale_high: float = 1.1,
                        angle: float = math.pi, per_sample: bool = False) -> torch.Tensor:
-    """The "-aug" train transform (spec 9.3): per-sample anisotropic scale U(0.9, 1.1)^3 with
+    """The "-aug" train transform: per-sample anisotropic scale U(0.9, 1.1)^3 with
     no translation, then one rotation about y, angle ~ U(-angle, angle), shared by the batch
     as in Point-PEFT's runner (`per_sample=True` draws one rotation per sample)."""
     out = scale_and_translate(points, generator=generator, scale_low=scale_low,

@@ -43,10 +43,13 @@ def _param_axis(ax) -> None:
     ax.set_xlabel("trainable parameters (M, log scale)")
 
 
-def _legend(ax, extra: list | None = None) -> None:
+def _legend(ax, backbones, methods, extra: list | None = None) -> None:
+    """Colours of the backbones and markers of the methods that are plotted (only those)."""
     plt = _plt()
-    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=BACKBONE_TITLES[b]) for b, c in COLORS.items()]
-    handles += [plt.Line2D([], [], color="gray", marker=m, linestyle="", label=METHOD_TITLES[k]) for k, m in MARKERS.items()]
+    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=BACKBONE_TITLES[b])
+               for b, c in COLORS.items() if b in set(backbones)]
+    handles += [plt.Line2D([], [], color="gray", marker=m, linestyle="", label=METHOD_TITLES[k])
+                for k, m in MARKERS.items() if k in set(methods)]
     handles += extra or []
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
 
@@ -75,7 +78,7 @@ def paper_plot(dataset: str, setups: pd.DataFrame, reference: pd.DataFrame) -> b
     title = f"{DATASET_TITLES.get(dataset, dataset)}: paper vs measured (legacy selection)"
     ax.set_title(title if len(meas) else title + "\n(no comparable measured setup yet)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    _legend(ax, [plt.Line2D([], [], color="black", marker="o", markerfacecolor="none", linestyle="", label="paper"),
+    _legend(ax, [*ref.backbone, *meas.backbone], [*ref.method, *meas.method], [plt.Line2D([], [], color="black", marker="o", markerfacecolor="none", linestyle="", label="paper"),
                  plt.Line2D([], [], color="black", marker="o", linestyle="", label="measured (mean ± std)")])
     return _png(fig)
 
@@ -103,7 +106,7 @@ def runs_figure(df: pd.DataFrame, title: str):
     ax.set_ylabel("accuracy (%), best test epoch")
     ax.set_title(f"{title}\n{len(df)} runs, one point each", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    _legend(ax)
+    _legend(ax, df.backbone, df.method)
     return fig
 
 

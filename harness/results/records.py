@@ -13,9 +13,9 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from harness import tempfiles
 from models.errors import BenchError
 
 SCHEMA_VERSION = 2
@@ -40,8 +40,8 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
     """Write via a temp file in the same folder + os.replace: readers see old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mode = path.stat().st_mode & 0o777 if path.exists() else tempfiles.shared_mode()
+    fd, tmp = tempfiles.mkstemp_for(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -70,8 +70,42 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _plainly_good(r) -> bool:
+    """The common case, checked in few steps: a schema-2 record of the expected types whose
+    metrics are finite numbers or null (anything else goes through ``check_record``'s named checks)."""
+    if type(r) is not dict or r.get("schema") != SCHEMA_VERSION:
+        return False
+    try:
+        if not (type(r["run_id"]) is type(r["backbone"]) is type(r["method"]) is type(r["dataset"]) is str
+                and type(r["variant"]) in (str, type(None)) and type(r["seed"]) is int
+                and r["data_source"] in DATA_SOURCES):
+            return False
+        status = r["status"]
+    except KeyError:
+        return False
+    if status == "done":
+        metrics = r.get("metrics")
+        if type(metrics) is not dict:
+            return False
+        for key in METRIC_FIELDS:
+            v = metrics.get(key)
+            if v is not None and not (type(v) in (int, float) and math.isfinite(v)):
+                return False
+    elif status != "failed":
+        return False
+    for key in ("params", "data", "pretrained"):
+        if type(r.get(key)) not in (dict, type(None)):
+            return False
+    for key in ("wall_time_s", "compute_time_s", "seconds_per_epoch", "peak_memory_bytes", "epochs"):
+        if type(r.get(key)) not in (int, float, type(None)):
+            return False
+    return True
+
+
 def check_record(record, where: Path) -> str | None:
     """None when the record can be tabulated, else one line naming the file and the field."""
+    if _plainly_good(record):
+        return None
     if not isinstance(record, dict):
         return f"{where}: expected a JSON object, got a JSON {type(record).__name__}"
     if record.get("schema") not in SCHEMAS:
@@ -122,7 +156,7 @@ def _normalise(record: dict) -> dict:
 
 # ------------------------------------------------------------------ loading
 
-def _read(path: Path) -> tuple[object, str | None]:
+def _read(path: str) -> tuple[object, str | None]:
     try:
         with open(path, "rb") as f:
             return json.loads(f.read()), None
@@ -140,8 +174,7 @@ def died_record(job: dict, state: str, run_dir: Path) -> dict:
     """A failed record (in memory) for a job that ended without its run writing one."""
     from harness import jobs
 
-    log = jobs.log_path(job)
-    tail = jobs.log_tail(log, 3)
+    log, tail = jobs.job_log(job, 3)
     return {"schema": SCHEMA_VERSION, "run_id": job.get("run_id", run_dir.name), "status": "failed",
             "setup_id": job.get("setup_id"), "experiment": job.get("experiment"),
             **{k: job.get(k) for k in ("backbone", "method", "dataset", "seed")},
@@ -160,17 +193,21 @@ def load_records(runs_dir: Path | str, ask=None) -> tuple[list[dict], list[str]]
     records, problems, unrecorded = [], [], []
     with os.scandir(runs_dir) as entries:
         names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-    for name in names:
-        path = runs_dir / name / "result.json"
+    base = os.path.join(str(runs_dir), "")
+    for name in names:            # the hot loop (100,000 records): plain strings, no Path objects
+        path = f"{base}{name}{os.sep}result.json"
         record, problem = _read(path)
         if problem == "absent":
             unrecorded.append(name)
             continue
-        problem = problem or check_record(record, path)
+        if problem is None and not _plainly_good(record):
+            problem = check_record(record, Path(path))
         if problem:
             problems.append(problem)
             continue
-        records.append(_normalise(record))
+        if record["variant"] is None or record.get("error") is not None:
+            _normalise(record)
+        records.append(record)
     if ask is not None and unrecorded:
         from harness import jobs, matrix
 

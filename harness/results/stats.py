@@ -1,4 +1,5 @@
-"""Paired statistics: PEFT minus full fine-tuning per seed, mean and Student-t 95% interval.
+"""Paired statistics: PEFT minus full fine-tuning per seed, mean and Student-t 95% interval;
+and the baselines an accuracy must beat (chance, majority class) from a split's class counts.
 
 ``t_quantile`` inverts Student's t CDF, written via the regularized incomplete beta function
 (continued fraction, Numerical Recipes 6.4) and bisection: no SciPy needed for one quantile.
@@ -13,6 +14,16 @@ import math
 # std of ScanObjectNN / ModelNet40 accuracy in the backbone papers) or better.
 TOLERANCE_PP = 0.5
 CONFIDENCE = 0.95
+
+
+def class_baselines(counts) -> tuple[float | None, float | None]:
+    """(chance, majority-class accuracy) in % for a split's per-class sample counts: a uniform
+    guess over the classes that have samples, and always answering the most frequent class.
+    (None, None) without samples."""
+    present = [c for c in (counts or []) if c]
+    if not present:
+        return None, None
+    return 100.0 / len(present), 100.0 * max(present) / sum(present)
 
 
 def _betacf(a: float, b: float, x: float) -> float:

@@ -106,9 +106,7 @@ def baselines(r: dict) -> tuple[float | None, float | None]:
     """(chance, majority-class accuracy) in % of the test split the run was tested on."""
     data = r.get("data") if isinstance(r.get("data"), dict) else {}
     counts = (data.get("class_counts") or {}).get("test") if isinstance(data.get("class_counts"), dict) else None
-    present = [c for c in counts if c] if counts else []
-    majority = 100.0 * max(present) / sum(present) if present else None
-    chance = 100.0 / len(present) if present else None
+    chance, majority = stats.class_baselines(counts)
     if chance is None:
         n = _official(r["dataset"])[2]
         chance = 100.0 / n if n else None
@@ -156,24 +154,24 @@ COLUMNS = ["run_id", "setup_id", *GROUP, "seed", "honest", "honest_kind", "legac
 
 def collect(records: list[dict]) -> tuple[pd.DataFrame, dict[str, dict]]:
     """(one row per done record, setup id -> config of one of its records)."""
-    rows, configs, reason_cache = [], {}, {}
+    rows, configs, per_setup = [], {}, {}
     for r in records:
         if r["status"] != "done":
             continue
         sid = _setup_id(r)
         m = r["metrics"]
         params = r.get("params") or {}
-        if sid not in reason_cache:
-            reason_cache[sid] = "; ".join(why_not_comparable(r))
+        if sid not in per_setup:   # one setup = one config, data and weights: computed once
+            per_setup[sid] = ("; ".join(why_not_comparable(r)), *baselines(r))
             configs[sid] = r.get("config") if isinstance(r.get("config"), dict) else {}
-        chance, majority = baselines(r)
+        reasons, chance, majority = per_setup[sid]
         honest, hk = _honest(m)
         legacy, lk = _legacy(m)
         rows.append((r["run_id"], sid, r["dataset"], r["backbone"], r["method"], r["variant"] or "",
                      r["data_source"], r["seed"], honest, hk, legacy, lk, m.get("acc_last"),
                      m.get("acc_best_test"), m.get("acc_best_val"), m.get("acc_vote"), params.get("trainable"),
                      r.get("compute_time_s", r.get("wall_time_s")), r.get("seconds_per_epoch"),
-                     r.get("peak_memory_bytes"), r.get("gpu_hours"), chance, majority, reason_cache[sid],
+                     r.get("peak_memory_bytes"), r.get("gpu_hours"), chance, majority, reasons,
                      r.get("end_time") or ""))
     df = pd.DataFrame.from_records(rows, columns=COLUMNS)
     for col in ("honest", "legacy", "acc_last", "acc_best_test", "acc_best_val", "acc_vote", "trainable",

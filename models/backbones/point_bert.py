@@ -18,7 +18,7 @@ from models.layers import Group, TransformerEncoder, drop_path_rates, mlp_head, 
 
 @dataclass(frozen=True)
 class PointBERTConfig:
-    # The official ScanObjectNN cfgs keep cls_dim 40 although labels are 0..14 (spec backbones §3);
+    # The official ScanObjectNN cfgs keep cls_dim 40 although labels are 0..14 (official configs);
     # the benchmark uses the dataset's class count (15) unless told otherwise.
     num_classes: int = 15
     num_group: int = 64

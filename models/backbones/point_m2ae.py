@@ -1,6 +1,6 @@
 """Point-M2AE fine-tuning classifier (official ``Point_M2AE_ScanObjectNN`` / ``_ModelNet40``).
 
-A three-level hierarchy (spec backbones §4): level 0 groups the input points into 512 patches
+A three-level hierarchy (official Point-M2AE): level 0 groups the input points into 512 patches
 and embeds them with a mini-PointNet; levels 1 and 2 group the previous level's centers
 (256, then 64) and *merge tokens*: the previous level's output tokens are gathered with the
 kNN indices and pooled by a mini-PointNet. Each level adds its own positional MLP before every

@@ -1,4 +1,4 @@
-"""Bottleneck adapters of Point-PEFT (spec point-peft §4).
+"""Bottleneck adapters of Point-PEFT (docs/point-peft.md §4).
 
 One class covers the three official flavours:
 

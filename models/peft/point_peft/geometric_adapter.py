@@ -1,4 +1,4 @@
-"""The geometry-aware adapter of Point-PEFT (spec point-peft §3 step 5, §3.1, §3.2, §5).
+"""The geometry-aware adapter of Point-PEFT (docs/point-peft.md §3 step 5, §3.1, §3.2, §5).
 
 Per block, on the token sequence u = [prompts'; point tokens] (or the point tokens alone):
 

@@ -1,4 +1,4 @@
-"""Point-PEFT on Point-M2AE (spec point-peft §1.2, §5): three stages, prompts in every block.
+"""Point-PEFT on Point-M2AE (docs/point-peft.md §1.2, §5): three stages, prompts in every block.
 
 Per stage l (widths 96 / 192 / 384, G = 512 / 256 / 64 tokens, no cls token) every block
 inserts 16 prompt tokens in front, [P; x]; only the last stage's blocks add the cache prompt.

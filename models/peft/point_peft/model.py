@@ -6,9 +6,9 @@ adopted under their own names (``encoder.*``, ``blocks.blocks.3.attn.qkv.weight`
 ``h_encoder.encoder_blocks.2.blocks.4.mlp.fc1.bias`` ...), so official checkpoints still load
 into the backbone part; the new parts carry the official Point-PEFT names
 (``prompt_embeddings``, ``prompt_cor``, ``cp_adapter``, ``adapter``, ``adapter1``, ``attn1``,
-``norm3``, ``out_transform``, ``ad_gate``) and ``param_group`` reports them as in spec §7.
+``norm3``, ``out_transform``, ``ad_gate``) and ``param_group`` reports them as in docs/point-peft.md §7.
 
-What trains (spec §6): the PEFT modules, the biases of attn.proj / mlp.fc1 / mlp.fc2 / norm1 /
+What trains (docs/point-peft.md §6): the PEFT modules, the biases of attn.proj / mlp.fc1 / mlp.fc2 / norm1 /
 norm2, the final LayerNorm, cls token and position, the head. Everything else is frozen.
 
 Three pieces live outside the module tree / state dict on purpose:
@@ -46,7 +46,7 @@ from models.peft.point_peft.options import PointPEFTOptions, resolve_options
 from models.peft.point_peft.prompt import cache_prompt
 from models.peft.point_peft.query_encoder import TokenQueryEncoder
 
-# Names of the Point-PEFT parts (official module names), in the order of spec §7's breakdown.
+# Names of the Point-PEFT parts (official module names), in the order of docs/point-peft.md §7's breakdown.
 PEFT_PARTS = ("adapter", "adapter1", "cp_adapter", "prompt_embeddings", "attn1", "out_transform",
               "norm3", "prompt_cor", "ad_gate")
 # The BitFit-style subset of backbone biases the official runner trains.
@@ -68,7 +68,7 @@ def is_bias_subset(name: str) -> bool:
 
 
 def is_trainable(name: str, train_bias_subset: bool = True) -> bool:
-    """The official runner's trainable set (spec §6), decided on our parameter names."""
+    """The official runner's trainable set (docs/point-peft.md §6), decided on our parameter names."""
     parts = name.split(".")
     if any(p in PEFT_PARTS for p in parts) or parts[0] in HEAD_PARTS:
         return True
@@ -99,7 +99,7 @@ def param_group(name: str) -> str:
 class PEFTBlock(nn.Module):
     """A backbone ``Block`` (adopted: ``norm1``, ``norm2``, ``mlp``, ``attn`` keep their names)
     with Point-PEFT's prompts, cache adapter, MLP-branch adapter, geometric branch and
-    block-end adapter (spec §3 / §5).
+    block-end adapter (docs/point-peft.md §3 / §5).
 
     ``use_prompt`` / ``use_cache``: whether this block inserts prompts / adds the cache prompt.
     ``own_prompt`` / ``own_cache``: whether it owns the tensors (faithful MAE owns them in every
@@ -339,7 +339,7 @@ class PointPEFT(nn.Module):
 
 
 class PointPEFTTransformer(PointPEFT):
-    """Point-PEFT on Point-MAE (official) or Point-BERT (spec §10 port): cls token, 12 blocks,
+    """Point-PEFT on Point-MAE (official) or Point-BERT (docs/point-peft.md §10 port): cls token, 12 blocks,
     prompts in blocks 0-5 after the cls token, cache prompt in the same blocks."""
 
     def __init__(self, backbone: nn.Module, options: dict | None = None, kind: str = "mae"):

@@ -1,4 +1,4 @@
-"""Point-PEFT method options: one ``mode`` switch plus the spec's §11 knobs.
+"""Point-PEFT method options: one ``mode`` switch plus the §11 knobs of docs/point-peft.md.
 
 ``mode: faithful`` reproduces the official numerics, bugs that change results included;
 ``mode: fixed`` (default) mends them. Every knob has the official value as its default where
@@ -194,7 +194,7 @@ def resolve_options(options: dict | None, kind: str, depth: int, num_group: int 
             options[name] = tuple(value)
     mode = options.get("mode", "fixed")
     values = {**BACKBONE_DEFAULTS[kind], **MODE_DEFAULTS[mode], **options, "mode": mode}
-    if kind == "bert":  # the port's query encoder groups as the backbone does (spec §10, our choice)
+    if kind == "bert":  # the port's query encoder groups as the backbone does (docs/point-peft.md §10, our choice)
         values["query_num_group"] = values.get("query_num_group") or num_group
         values["query_group_size"] = values.get("query_group_size") or group_size
     if kind != "m2ae" and values.get("geo_num_centers") is None and num_group:

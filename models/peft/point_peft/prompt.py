@@ -1,4 +1,4 @@
-"""Point-prior prompt: memory-bank retrieval and the cache prompt (spec point-peft §2.1-§2.3).
+"""Point-prior prompt: memory-bank retrieval and the cache prompt (docs/point-peft.md §2.1-§2.3).
 
 The retrieval is the official "parameter-free attention": cosine similarity of the
 L2-normalised query against the bank columns, top-K, softmax at temperature 1 over the K

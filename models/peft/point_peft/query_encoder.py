@@ -1,4 +1,4 @@
-"""The frozen query encoder of the point-prior prompt (the official ``cp_model``, spec §1, §2.2).
+"""The frozen query encoder of the point-prior prompt (the official ``cp_model``, docs/point-peft.md §1, §2.2).
 
 A copy of the backbone's *pre-trained* modules, taken when the method is applied (so build
 the backbone from the pre-trained checkpoint first; ``PointPEFT.reset_query_encoder`` re-takes
@@ -6,8 +6,8 @@ it). It always runs in eval mode under ``no_grad`` and is kept out of the PEFT m
 tree (see ``PointPEFT``), so it adds nothing to ``parameters()`` or ``state_dict()``.
 
 * Point-MAE: the pre-training encoder, 64 groups x 32 points, no masking, no cls token, final
-  LayerNorm, max over the tokens (spec §1.1, §2.2).
-* Point-BERT (no official port, spec §10; our choice): the pre-trained ``transformer_q`` on the
+  LayerNorm, max over the tokens (docs/point-peft.md §1.1, §2.2).
+* Point-BERT (no official port, docs/point-peft.md §10; our choice): the pre-trained ``transformer_q`` on the
   backbone's own grouping, with its pre-trained cls token in the sequence, final LayerNorm,
   max over the point tokens (the cls token is left out so the query is 384-d like MAE's).
 * Point-M2AE: the pre-training hierarchical encoder in its eval mode (group sizes 16/8/8,
