@@ -105,7 +105,9 @@ class TrainConfig:
     eval_every: int = 1
     eval_start: int = 1                   # first evaluated epoch (official: 1); the last always is
     vote: VoteConfig = field(default_factory=VoteConfig)
-    augmentation: Literal["scale_translate", "aug_rotate_y", "none"] = "scale_translate"
+    # scale_translate: Point-MAE's; aug_rotate_y: Point-PEFT's "-aug"; rotate_y: IDPT / PPT, one
+    # y-rotation per sample; rotate_y_batch: GAPrompt, one y-rotation per batch
+    augmentation: Literal["scale_translate", "aug_rotate_y", "rotate_y", "rotate_y_batch", "none"] = "scale_translate"
     seed: int = 0
     engine: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = 0
@@ -401,6 +403,9 @@ def _resolve(cfg: RunConfig, sources: dict) -> RunConfig:
            f"unknown backbone {m.backbone!r}; valid: {', '.join(sorted(BACKBONES))}")
     _check(m.method in METHODS, "model.method", sources,
            f"unknown method {m.method!r}; valid: {', '.join(sorted(METHODS))}")
+    _check(METHODS[m.method].supports(m.backbone) or m.backbone not in BACKBONES, "model.method", sources,
+           f"method {m.method!r} has no recipe for backbone {m.backbone!r}; it supports "
+           f"{', '.join(METHODS[m.method].backbones)}")
     _check(bool(d.dataset), "data.dataset", sources, f"required; one of {', '.join(DATASETS)}")
     _check(d.dataset in DATASETS, "data.dataset", sources,
            f"unknown dataset {d.dataset!r}; valid: {', '.join(DATASETS)}")

@@ -16,6 +16,8 @@ An experiment file (``experiments/*.yaml``) names a base run config and the axes
     rules:                               # settings for the cells that match, applied in order
       - when: {backbone: point_m2ae, dataset: modelnet40}
         set: {train.label_smoothing: 0.3}
+      - when: {method: ppt}              # a rule may also swap the cell's base run config
+        base: recipes/ppt.yaml           # (a method's official recipe); the last match wins
     exclude:                             # cells that do not exist
       - {dataset: modelnet40, variant: aug}
 
@@ -122,10 +124,13 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
         if data.get(key) is not None and not isinstance(data[key], list):
             raise _error(path, f"'{key}' must be a list, got {type(data[key]).__name__}")
     for i, rule in enumerate(data.get("rules") or []):
-        if not isinstance(rule, dict) or set(rule) != {"when", "set"}:
-            raise _error(path, f"rules[{i}] must have exactly the keys 'when' and 'set'")
-        if not isinstance(rule["set"], dict):
+        if not isinstance(rule, dict) or "when" not in rule or not set(rule) - {"when"} \
+                or not set(rule) <= {"when", "set", "base"}:
+            raise _error(path, f"rules[{i}] must have the key 'when' and one or both of 'set' and 'base'")
+        if "set" in rule and not isinstance(rule["set"], dict):
             raise _error(path, f"rules[{i}].set must map dotted keys to values, got {rule['set']!r}")
+        if "base" in rule and not (path.parent / str(rule["base"])).is_file():
+            raise _error(path, f"rules[{i}].base: run config {path.parent / str(rule['base'])} not found")
         _check_cell_keys(path, f"rules[{i}].when", rule["when"], axes)
     for i, cell in enumerate(data.get("exclude") or []):
         _check_cell_keys(path, f"exclude[{i}]", cell, axes)
@@ -193,7 +198,17 @@ def expand(path: str | Path, filters: dict[str, list[str]] | None = None,
 
 
 def _expand(exp: dict, path: Path, axes: dict, filters: dict | None, runs_dir) -> list[RunSpec]:
-    base = run_config.load_yaml(path.parent / exp["base"])
+    bases: dict[str, Any] = {}
+
+    def base_for(cell: dict) -> Any:
+        name = exp["base"]
+        for rule in exp.get("rules") or []:
+            if "base" in rule and _matches(cell, rule["when"]):
+                name = rule["base"]
+        if name not in bases:
+            bases[name] = run_config.load_yaml(path.parent / name)
+        return bases[name]
+
     specs = []
     names = list(axes)
     for values in itertools.product(*(axes[a] for a in names)):
@@ -210,12 +225,12 @@ def _expand(exp: dict, path: Path, axes: dict, filters: dict | None, runs_dir) -
             overrides.update(exp["variants"][cell["variant"]] or {})
         for rule in exp.get("rules") or []:
             if _matches(cell, rule["when"]):
-                overrides.update(rule["set"])
+                overrides.update(rule.get("set") or {})
         if runs_dir is not None:
             overrides["output.runs_dir"] = str(runs_dir)
         overrides["experiment"] = exp["name"]
         overrides["variant"] = cell.get("variant", "")
-        cfg = run_config.resolve(base, overrides, source=str(path))
+        cfg = run_config.resolve(base_for(cell), overrides, source=str(path))
         specs.append(RunSpec(run_config.run_id(cfg), exp["name"], cell, run_config.to_dict(cfg), setup_id(cfg)))
     return specs
 

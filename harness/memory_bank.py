@@ -8,7 +8,7 @@ batch 32 and ``drop_last``: only faithful mode reproduces that drop (``bank_drop
 default every training sample gets a column. Its columns are taken to be L2-normalised
 (inferred from the official bank).
 
-The file format and the checks against a model are in ``models.peft.memory_bank``;
+The file format and the checks against a model are in ``models.peft.point_peft.memory_bank``;
 ``save_memory_bank`` / ``load_memory_bank`` are re-exported here.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import torch
 from torch.utils.data import DataLoader
 
-from models.peft.memory_bank import (MemoryBankError, check_memory_bank, load_memory_bank,
+from models.peft.point_peft.memory_bank import (MemoryBankError, check_memory_bank, load_memory_bank,
                                      model_bank_identity, read_memory_bank, save_memory_bank)
 
 __all__ = ["bank_drop_last", "build_memory_bank", "save_memory_bank", "load_memory_bank", "read_memory_bank",

@@ -11,8 +11,9 @@ What a run does, in order (the official fine-tuning runners, which Point-PEFT re
 4. AdamW with the official two parameter groups, the timm cosine schedule with warm-up and
    the one-epoch lag (``harness.schedule``), L2 gradient clipping, optional label smoothing
    (official formula), bf16 / fp16 autocast on CUDA (GradScaler for fp16), torch.compile;
-5. per step: FPS to point_all, one random subset shared by the batch, the augmentation;
-   the loss is checked for NaN / inf on every step (across ranks);
+5. per step: FPS to point_all, one random subset shared by the batch, the augmentation; the
+   loss (cross-entropy plus the method's ``auxiliary_loss()`` where it has one, e.g.
+   PointLoRA's mask term) is checked for NaN / inf on every step (across ranks);
 6. evaluation every ``eval_every`` epochs with deterministic FPS to npoints (test split, and the
    validation split when there is one); the optional voting protocol at the end;
 7. per epoch: metrics.csv, TensorBoard scalars and an atomic checkpoint (resumed on restart);
@@ -618,13 +619,17 @@ class _Run:
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
     def _augment(self, pts: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        from harness.data.transforms import scale_and_rotate_y, scale_and_translate
+        from harness.data.transforms import rotate_y, scale_and_rotate_y, scale_and_translate
 
         aug = self.cfg.train.augmentation
         if aug == "scale_translate":
             return scale_and_translate(pts, generator=gen)
         if aug == "aug_rotate_y":
             return scale_and_rotate_y(pts, generator=gen)
+        if aug == "rotate_y":
+            return rotate_y(pts, generator=gen)
+        if aug == "rotate_y_batch":
+            return rotate_y(pts, generator=gen, per_sample=False, low=-math.pi, high=math.pi)
         return pts
 
     def train_epoch(self, epoch: int) -> dict:
@@ -663,6 +668,9 @@ class _Run:
             with self._autocast():
                 logits = self.fwd(pts)
             loss = smoothed_cross_entropy(logits.float(), labels, cfg.train.label_smoothing)
+            aux = self.auxiliary_loss()
+            if aux is not None:
+                loss = loss + aux.float()
             if cfg.debug.nan_loss_at_step is not None and self.global_step == cfg.debug.nan_loss_at_step:
                 loss = loss * float("nan")
             check = loss.detach().reshape(1).double()
@@ -690,6 +698,12 @@ class _Run:
         return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(count, 1),
                 "train_acc": 100.0 * correct / max(count, 1), "train_samples": int(count),
                 "epoch_time_s": seconds, "samples_per_s": count / seconds if seconds > 0 else None}
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A method's extra loss term of the last training forward (PointLoRA's mask term), from
+        the model's ``auxiliary_loss()`` when it has one."""
+        get = getattr(self.net, "auxiliary_loss", None)
+        return get() if callable(get) else None
 
     def _backward_step(self, loss: torch.Tensor) -> None:
         clip = self.cfg.optim.grad_clip

@@ -1,14 +1,14 @@
-"""Build a classifier = backbone + PEFT method + head from a small config, and mark what trains.
+"""Build a classifier = backbone + PEFT method + head from a small config.
 
-This is the one place that decides trainability: ``full`` trains everything; a PEFT method
-(see ``models.peft``) inserts its modules and names the tensors it tunes.
+The method comes from the one registry (``models.peft.registry``): its ``apply`` inserts its
+modules and marks what trains (``requires_grad``); ``full`` trains everything.
 """
 from __future__ import annotations
 
 import math
 import typing
 from dataclasses import fields
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -16,7 +16,7 @@ from models.backbones.point_bert import PointBERT, PointBERTConfig
 from models.backbones.point_m2ae import PointM2AE, PointM2AEConfig
 from models.backbones.point_mae import PointMAE, PointMAEConfig
 from models.errors import ConfigError
-from models.peft.point_peft import apply_point_peft, apply_point_peft_faithful
+from models.peft import registry
 
 # Per backbone: its config class, model class, and the official geometry per dataset family
 # ("scan" = ScanObjectNN recipes, "modelnet" = ModelNet40 1k recipes).
@@ -51,19 +51,8 @@ BACKBONES: dict[str, dict[str, Any]] = {
 FAMILIES = ("scan", "modelnet")
 
 
-def _apply_full(model: nn.Module, options: dict) -> nn.Module:
-    """Full fine-tuning: every parameter trains."""
-    if options:
-        raise ConfigError(f"method 'full' takes no options, got {sorted(options)}")
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
-
-
-# point_peft: Point-PEFT (models/peft), mode "fixed" by default; point_peft_faithful: the same
-# with mode "faithful" (the official numerics and counts), listed so tables show both.
-METHODS: dict[str, Callable[[nn.Module, dict], nn.Module]] = {
-    "full": _apply_full, "point_peft": apply_point_peft, "point_peft_faithful": apply_point_peft_faithful}
+# name -> models.peft.base.Method, in table order (the one registry; read-only here)
+METHODS = registry.methods()
 
 
 def choose(kind: str, name: str, valid) -> str:
@@ -157,14 +146,17 @@ def build_model(backbone: str, num_classes: int, method: str = "full", family: s
     method is applied (Point-PEFT copies its frozen query encoder from those weights); its
     sha256 and path are kept as ``checkpoint_sha256`` / ``checkpoint_path`` on the backbone.
     """
-    apply = METHODS[choose("method", method, METHODS)]
+    spec = registry.get(method)
+    if not spec.supports(backbone) and backbone in BACKBONES:
+        raise ConfigError(f"method {method!r} has no recipe for backbone {backbone!r}; it supports "
+                          f"{', '.join(spec.backbones)}")
     cfg = backbone_config(backbone, num_classes, family, **backbone_options)
     model = BACKBONES[backbone]["model"](cfg)
     if pretrained is not None:
         from models.checkpoints import load_checkpoint
         model.checkpoint_sha256 = load_checkpoint(model, pretrained, backbone, kind="pretrain").sha256
         model.checkpoint_path = str(pretrained)
-    return apply(model, dict(method_options or {}))
+    return spec.apply(model, dict(method_options or {}))
 
 
 def default_npoints(backbone: str, family: str) -> int:

@@ -25,11 +25,11 @@ def test_params_json_has_counts():
     rows = json.loads(out.stdout)
     assert rows == [{"backbone": "point_mae", "method": "full", "dataset": "modelnet40", "total": 22_099_752,
                      "trainable": 22_099_752, "with_grad": 22_099_752, "trainable_M": 22.1,
-                     "paper_trainable_M": 22.1}]
+                     "paper_trainable_M": 22.1, "code": "official code"}]
 
 
 def test_unknown_names_are_one_line_errors_listing_choices():
-    for flag, value, valid in [("--backbone", "pointnet", "point_mae"), ("--method", "lora", "full"),
+    for flag, value, valid in [("--backbone", "pointnet", "point_mae"), ("--method", "nope", "full"),
                                ("--dataset", "shapenet", "modelnet40")]:
         out = run_cli("params", flag, value)
         assert out.returncode == 2
@@ -40,3 +40,15 @@ def test_unknown_names_are_one_line_errors_listing_choices():
 def test_help_lists_commands():
     out = run_cli("--help")
     assert out.returncode == 0 and "params" in out.stdout
+
+
+def test_params_rows_use_the_official_dataset_configs_and_mark_unsupported_combinations():
+    out = run_cli("params", "--backbone", "point_mae,point_m2ae", "--method", "idpt_faithful,dapt_faithful",
+                  "--format", "json", "--no-grad-check")
+    rows = {(r["backbone"], r["method"], r["dataset"]): r for r in json.loads(out.stdout)}
+    assert rows[("point_mae", "idpt_faithful", "scanobjectnn_obj_bg")]["trainable"] == 1_500_175
+    assert rows[("point_mae", "idpt_faithful", "scanobjectnn_pb_t50_rs")]["trainable"] == 1_696_783
+    assert rows[("point_mae", "dapt_faithful", "scanobjectnn_obj_only")]["trainable"] == 989_467
+    assert rows[("point_mae", "dapt_faithful", "modelnet40")]["total"] == 22_894_740
+    m2ae = rows[("point_m2ae", "idpt_faithful", "modelnet40")]
+    assert m2ae["total"] is None and m2ae["code"] == "not supported"

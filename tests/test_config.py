@@ -78,14 +78,15 @@ def test_unknown_key_in_a_base_names_the_base(chain, tmp_path):
     ("train.deterministic=1", "train.deterministic: expected true/false"),
     ("train.amp=fp32", "train.amp: expected one of 'none', 'bf16', 'fp16'"),
     ("optim.betas=[0.9]", "optim.betas: expected a list of 2 numbers"),
-    ("model.method=lora", "model.method: unknown method 'lora'"),
+    ("model.method=nope", "model.method: unknown method 'nope'"),
+    ("model.backbone=point_m2ae model.method=idpt", "model.method: method 'idpt' has no recipe for backbone 'point_m2ae'"),
     ("data.dataset=shapenet", "data.dataset: unknown dataset 'shapenet'"),
     ("data.npoints=300", "data.npoints: 300 has no official point_all"),
     ("train.nope=1", "--set: unknown key 'train.nope'"),
 ])
 def test_bad_values_are_one_line_errors(chain, override, expected):
     with pytest.raises(ConfigError) as err:
-        C.load_config(chain, [override])
+        C.load_config(chain, override.split())
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from models.classifier import build_model
 from models.errors import ConfigError
-from models.peft.geometric_adapter import LocalAttention, geometric_branch, idw_weights, make_geometry
-from models.peft.point_peft import MissingMemoryBankWarning, PointPEFT
-from models.peft.prompt import cache_prompt, retrieve
+from models.peft.point_peft.geometric_adapter import LocalAttention, geometric_branch, idw_weights, make_geometry
+from models.peft.point_peft.model import MissingMemoryBankWarning, PointPEFT
+from models.peft.point_peft.prompt import cache_prompt, retrieve
 from models import ops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -329,7 +329,7 @@ def test_fixed_mode_knobs_can_be_switched_one_by_one():
 @pytest.mark.parametrize("train", [False, True])
 def test_frozen_stem_fast_path_equals_the_encoder(train):
     from models.layers import point_encoder
-    from models.peft.frozen_stem import frozen_pointnet
+    from models.peft.point_peft.frozen_stem import frozen_pointnet
 
     torch.manual_seed(0)
     a, b = point_encoder(384), point_encoder(384)

@@ -1,7 +1,7 @@
 """Bench part ``models``: training and eval throughput and peak memory per backbone x method.
 
-Every registered backbone (``models.classifier.BACKBONES``) x registered method (``METHODS``)
-is measured in a fresh Python process (``python -m harness.bench --one SPEC``), so the peak
+Every registered backbone (``models.classifier.BACKBONES``) x registered method (``METHODS``,
+the ``models.peft`` registry; combinations a method does not support are left out) is measured in a fresh Python process (``python -m harness.bench --one SPEC``), so the peak
 memory of one case is not hidden by what an earlier case left allocated:
 
 * training step = zero_grad + forward + cross-entropy + backward + AdamW step over the
@@ -80,8 +80,8 @@ def model_specs(device: str, quick: bool, backbones=None, methods=None, threads:
     for backbone in BACKBONES:
         if backbones and backbone not in backbones:
             continue
-        for method in METHODS:
-            if methods and method not in methods:
+        for method, entry in METHODS.items():  # the method registry, in table order
+            if (methods and method not in methods) or not entry.supports(backbone):
                 continue
             variants = [(None, {})]
             if method in LEVER_METHODS:

@@ -287,6 +287,11 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                                                 "peak train memory: default / variant", "what"],
                                tablefmt="github", disable_numparse=True)]
 
+        from harness.bench.published_cost import render as render_cost
+        cost = render_cost(report["models"], level=len(h) + 1)
+        if cost:
+            parts.append(cost)
+
     if report.get("epoch"):
         rows = [[e["backbone"], e["method"], e["precision"], "on" if e["compile"] else "off",
                  _num(e["values"].get("samples"), "d"), _num(e["value"], ".2f"), _num(e["values"].get("epoch_cpu_s"), ".1f"),

@@ -17,7 +17,9 @@ paper's reported trainable-parameter figure (results/reference/paper.csv).
 
 Columns: total = all parameters; trainable = tensors marked requires_grad; with grad =
 trainable elements that actually receive a gradient in one forward/backward (the paper's
-convention); paper = the paper's trainable figure in millions ("not reported" if none).
+convention); paper = the paper's trainable figure in millions ("not reported" if none);
+code = where the method's definition comes from on that backbone (official code, a paper row
+without official code, our port, inferred) or "not supported" (no counts).
 
 examples:
   python run_all.py params
@@ -55,14 +57,23 @@ def _rows(args) -> list[dict]:
         for method in _selection(args.method, "method", METHODS):
             for dataset in _selection(args.dataset, "dataset", DATASETS):
                 info = dataset_info(dataset)
-                key = (backbone, method, info.family, info.num_classes)
+                spec = METHODS[method]
+                base = {"backbone": backbone, "method": method, "dataset": dataset}
+                code = spec.support_note(backbone) + (" [inferred]" if spec.definition == "inferred" else "")
+                if not spec.supports(backbone):
+                    if not args.by_group:
+                        rows.append({**base, "total": None, "trainable": None, "with_grad": None,
+                                     "trainable_M": None, "paper_trainable_M": None, "code": code})
+                    continue
+                options = spec.dataset_options.get(dataset, {})  # the official config for this dataset
+                key = (backbone, method, info.family, info.num_classes, repr(options))
                 if key not in cache:
-                    model = build_model(backbone, info.num_classes, method=method, family=info.family)
+                    model = build_model(backbone, info.num_classes, method=method, family=info.family,
+                                        method_options=options)
                     grad = None if args.no_grad_check else count_with_grad(
                         model, default_npoints(backbone, info.family))
                     cache[key] = (count_params(model), count_by_group(model), grad)
                 count, groups, grad = cache[key]
-                base = {"backbone": backbone, "method": method, "dataset": dataset}
                 if args.by_group:
                     rows += [{**base, "group": g, "total": c.total, "trainable": c.trainable}
                              for g, c in groups.items()]
@@ -71,7 +82,7 @@ def _rows(args) -> list[dict]:
                 figure = paper.get((backbone, method.removesuffix("_faithful"), dataset))
                 rows.append({**base, "total": count.total, "trainable": count.trainable,
                              "with_grad": grad, "trainable_M": round(count.trainable / 1e6, 2),
-                             "paper_trainable_M": figure})
+                             "paper_trainable_M": figure, "code": code})
     return rows
 
 
@@ -86,11 +97,14 @@ def run(args) -> int:
         writer.writeheader()
         writer.writerows(rows)
     else:
-        shown = [{**r, **({"with_grad": "-" if r["with_grad"] is None else f"{r['with_grad']:,}",
+        def cell(value):  # "-" where a combination is unsupported or a count was skipped
+            return "-" if value is None else f"{value:,}" if isinstance(value, int) else value
+        shown = [{**r, **({"total": cell(r["total"]), "trainable": cell(r["trainable"]),
+                           "trainable_M": cell(r["trainable_M"]), "with_grad": cell(r["with_grad"]),
                            "paper_trainable_M": r["paper_trainable_M"] if r["paper_trainable_M"] is not None
                            else "not reported"} if "with_grad" in r else {})} for r in rows]
         headers = {"backbone": "backbone", "method": "method", "dataset": "dataset", "group": "group",
                    "total": "total", "trainable": "trainable", "with_grad": "with grad",
-                   "trainable_M": "trainable (M)", "paper_trainable_M": "paper (M)"}
+                   "trainable_M": "trainable (M)", "paper_trainable_M": "paper (M)", "code": "code"}
         print(tabulate(shown, headers=headers, tablefmt="github", intfmt=","))
     return 0

@@ -90,6 +90,23 @@ def rotation_y(angle: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, -2)
 
 
+def rotate_y(points: torch.Tensor, *, generator: torch.Generator, per_sample: bool = True,
+             low: float = 0.0, high: float = 2.0 * math.pi) -> torch.Tensor:
+    """Rotation only, about y: points @ R(θ), θ ~ U(low, high).
+
+    ``per_sample=True`` is the IDPT / PPT ``PointcloudRotate`` (one θ ~ U(0, 2π) per cloud,
+    R = [[c, 0, s], [0, 1, 0], [-s, 0, c]] applied on the right); ``per_sample=False`` with
+    (-π, π) is GAPrompt's (one matrix for the whole batch). Normals (channels 3:6) turn too.
+    """
+    theta = _uniform((points.shape[0] if per_sample else 1,), low, high, generator, points)
+    rot = rotation_y(theta)
+    out = points.clone()
+    out[..., :3] = points[..., :3] @ rot
+    if out.shape[-1] >= 6:
+        out[..., 3:6] = points[..., 3:6] @ rot
+    return out
+
+
 def scale_and_rotate_y(points: torch.Tensor, *, generator: torch.Generator,
                        scale_low: float = 0.9, scale_high: float = 1.1,
                        angle: float = math.pi, per_sample: bool = False) -> torch.Tensor:

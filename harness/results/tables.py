@@ -25,11 +25,13 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.results import stats
+from models.peft import registry
 
 DATASET_TITLES = {"scanobjectnn_obj_bg": "ScanObjectNN OBJ_BG", "scanobjectnn_obj_only": "ScanObjectNN OBJ_ONLY",
                   "scanobjectnn_pb_t50_rs": "ScanObjectNN PB_T50_RS", "modelnet40": "ModelNet40"}
 BACKBONE_TITLES = {"point_bert": "Point-BERT", "point_mae": "Point-MAE", "point_m2ae": "Point-M2AE"}
-METHOD_TITLES = {"full": "full fine-tuning", "point_peft": "Point-PEFT", "point_peft_faithful": "Point-PEFT (faithful)"}
+# display names from the method registry (models.peft), in its table order
+METHOD_TITLES = {name: m.display for name, m in registry.methods().items()}
 VARIANT_TITLES = {"": "-", "aug": "aug"}
 GROUP = ["dataset", "backbone", "method", "variant", "data_source"]
 RECIPE = Path(__file__).resolve().parents[2] / "experiments" / "recipes" / "official.yaml"

@@ -16,11 +16,11 @@ from dataclasses import replace
 from models import ops
 from models.backbones.point_m2ae import PointM2AE
 from models.errors import ConfigError
-from models.peft.frozen_stem import encode_patches
-from models.peft.geometric_adapter import group_indices, idw_weights, make_geometry
-from models.peft.options import resolve_options
-from models.peft.point_peft import PEFTEncoder, PointPEFT
-from models.peft.query_encoder import M2AEQueryEncoder
+from models.peft.point_peft.frozen_stem import encode_patches
+from models.peft.point_peft.geometric_adapter import group_indices, idw_weights, make_geometry
+from models.peft.point_peft.options import resolve_options
+from models.peft.point_peft.model import PEFTEncoder, PointPEFT
+from models.peft.point_peft.query_encoder import M2AEQueryEncoder
 
 
 class PointPEFTM2AE(PointPEFT):

@@ -23,7 +23,7 @@ from torch import nn
 
 from models import ops
 from models.layers import Group
-from models.peft.frozen_stem import encode_patches
+from models.peft.point_peft.frozen_stem import encode_patches
 
 QUERY_POOLS = ("max", "mean_max")
 

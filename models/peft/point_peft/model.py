@@ -1,6 +1,6 @@
 """Point-PEFT (AAAI 2024): point-prior prompt + geometry-aware adapter on a frozen backbone.
 
-``apply_point_peft(backbone, options)`` (registered as method ``point_peft``) turns a Point-MAE,
+``models.peft.point_peft.apply_point_peft(backbone, options)`` (registered as method ``point_peft``) turns a Point-MAE,
 Point-BERT or Point-M2AE classifier into its Point-PEFT model. The backbone's modules are
 adopted under their own names (``encoder.*``, ``blocks.blocks.3.attn.qkv.weight``,
 ``h_encoder.encoder_blocks.2.blocks.4.mlp.fc1.bias`` ...), so official checkpoints still load
@@ -12,7 +12,7 @@ What trains (docs/point-peft.md §6): the PEFT modules, the biases of attn.proj 
 norm2, the final LayerNorm, cls token and position, the head. Everything else is frozen.
 
 Three pieces live outside the module tree / state dict on purpose:
-* the frozen query encoder (official ``cp_model``; ``models.peft.query_encoder``), a copy of
+* the frozen query encoder (official ``cp_model``; ``models.peft.point_peft.query_encoder``), a copy of
   the backbone's pre-trained weights, held in ``self.__dict__`` so ``parameters()`` and
   ``state_dict()`` exclude it; ``.to()`` / ``.cuda()`` still move it (``_apply``);
 * the memory bank, a non-persistent buffer ``memory_bank`` (D, M) (moves with the model, not
@@ -38,13 +38,13 @@ from torch import nn
 from models import ops
 from models.errors import ConfigError
 from models.layers import Block, TransformerEncoder, trunc_normal_
-from models.peft.adapters import Adapter
-from models.peft.frozen_stem import encode_patches
-from models.peft.geometric_adapter import (Geometry, LocalAttention, OutTransform, geometric_branch,
+from models.peft.point_peft.adapters import Adapter
+from models.peft.point_peft.frozen_stem import encode_patches
+from models.peft.point_peft.geometric_adapter import (Geometry, LocalAttention, OutTransform, geometric_branch,
                                            group_indices, idw_weights, make_geometry)
-from models.peft.options import PointPEFTOptions, resolve_options
-from models.peft.prompt import cache_prompt
-from models.peft.query_encoder import TokenQueryEncoder
+from models.peft.point_peft.options import PointPEFTOptions, resolve_options
+from models.peft.point_peft.prompt import cache_prompt
+from models.peft.point_peft.query_encoder import TokenQueryEncoder
 
 # Names of the Point-PEFT parts (official module names), in the order of docs/point-peft.md §7's breakdown.
 PEFT_PARTS = ("adapter", "adapter1", "cp_adapter", "prompt_embeddings", "attn1", "out_transform",
@@ -456,7 +456,7 @@ class PointPEFTTransformer(PointPEFT):
 
 
 # ---------------------------------------------------------------------------------------------
-# Entry point
+# Pre-training extras
 
 def pretrain_extras(kind: str, path: str) -> dict:
     """Query-encoder tensors that only the pre-training file holds (Point-M2AE's
@@ -466,41 +466,3 @@ def pretrain_extras(kind: str, path: str) -> dict:
     from models.checkpoints import read_checkpoint
     state, _ = read_checkpoint(path)
     return {k: v for k, v in state.items() if k.startswith("h_encoder.encoder_norms.")}
-
-
-def backbone_kind(model: nn.Module) -> str:
-    from models.backbones.point_mae import PointMAE
-    from models.backbones.point_bert import PointBERT
-    from models.backbones.point_m2ae import PointM2AE
-    for cls, kind in ((PointMAE, "mae"), (PointBERT, "bert"), (PointM2AE, "m2ae")):
-        if isinstance(model, cls):
-            return kind
-    raise ConfigError(f"point_peft has no recipe for {type(model).__name__}; it supports Point-MAE, "
-                      "Point-BERT and Point-M2AE")
-
-
-def apply_point_peft(model: nn.Module, options: dict) -> PointPEFT:
-    """``METHODS["point_peft"]``: the Point-PEFT model around ``model``'s (pre-trained) weights."""
-    kind = backbone_kind(model)
-    if kind == "m2ae":
-        from models.peft.point_peft_m2ae import PointPEFTM2AE
-        peft = PointPEFTM2AE(model, options)
-    else:
-        peft = PointPEFTTransformer(model, options, kind)
-    path = getattr(model, "checkpoint_path", None)
-    extras = pretrain_extras(kind, path) if path else {}
-    if extras:  # the query's final M2AE norm is only in the pre-training file
-        peft.query_encoder.reset({**peft.query_encoder.state_dict(), **extras})
-    if peft.opts.bank_path:
-        from models.peft.memory_bank import load_memory_bank
-        load_memory_bank(peft.opts.bank_path, peft)
-    return peft
-
-
-def apply_point_peft_faithful(model: nn.Module, options: dict) -> PointPEFT:
-    """``METHODS["point_peft_faithful"]``: ``point_peft`` with ``mode: faithful`` (so tables such as
-    ``run_all.py params`` show the official counts next to the fixed ones)."""
-    if options.get("mode", "faithful") != "faithful":
-        raise ConfigError(f"method point_peft_faithful has mode faithful, got mode={options['mode']!r}; "
-                          "use method point_peft for other modes")
-    return apply_point_peft(model, {**options, "mode": "faithful"})
