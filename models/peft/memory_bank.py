@@ -56,6 +56,9 @@ def save_memory_bank(path: str | Path, bank_dict: dict) -> Path:
                               f"{tuple(bank.shape) if isinstance(bank, torch.Tensor) else type(bank).__name__}")
     meta.setdefault("count", int(bank.shape[1]))
     meta.setdefault("feature_dim", int(bank.shape[0]))
+    if (meta["feature_dim"], meta["count"]) != tuple(bank.shape):
+        raise MemoryBankError(f"memory bank to save is {tuple(bank.shape)} but its metadata says feature_dim="
+                              f"{meta['feature_dim']}, count={meta['count']}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -135,7 +138,7 @@ def check_memory_bank(bank_dict: dict, model, expect: dict | None = None, where:
             raise MemoryBankError(f"{where}: official bank of shape {tuple(bank.shape)} does not fit this model: "
                                   f"expected ({model.query_dim}, M), one {model.query_dim}-d feature per column{hint}")
         return
-    if meta.get("split", "train") != "train":
+    if meta.get("split") not in (None, "train"):   # None: built from a loader without a split name
         raise MemoryBankError(f"{where}: built from the {meta['split']!r} split; a bank must hold training "
                               "samples only (test features in the bank leak into every prediction): "
                               "rebuild it with build-cache --split train")
