@@ -138,6 +138,22 @@ def load_records(runs_dir: Path | str) -> list[dict]:
     return records
 
 
+def load_eval_records(evals_dir: Path | str | None) -> list[dict]:
+    """Every ``<evals_dir>/*.json`` written by ``run_all.py eval`` (kind "eval"); none if absent."""
+    if evals_dir is None or not Path(evals_dir).is_dir():
+        return []
+    records = []
+    for path in sorted(Path(evals_dir).glob("*.json")):
+        try:
+            record = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ResultsError(f"{path}: bad JSON: {str(err).splitlines()[0]}") from None
+        if not isinstance(record, dict) or record.get("kind") != "eval" or not isinstance(record.get("metrics"), dict):
+            raise ResultsError(f"{path}: not an eval record (kind 'eval' with a 'metrics' object)")
+        records.append(record)
+    return records
+
+
 def load_reference(path: Path | str) -> pd.DataFrame:
     """The paper's numbers; values are kept as text too, so tables show them as published."""
     try:
@@ -320,7 +336,7 @@ def _failed_list(failed: pd.DataFrame, limit: int = 30) -> str:
 
 
 def render_markdown(summary: pd.DataFrame, reference: pd.DataFrame, selection: str,
-                    failed: pd.DataFrame | None = None, level: int = 2) -> str:
+                    failed: pd.DataFrame | None = None, level: int = 2, evals: list[dict] | None = None) -> str:
     """All tables as markdown; ``level`` is the heading level of the sections (2 in tables.md)."""
     h = "#" * level
     metric, label = SELECTIONS[selection]
@@ -344,9 +360,38 @@ def render_markdown(summary: pd.DataFrame, reference: pd.DataFrame, selection: s
                   "These runs used generated point clouds in the official file formats. Their accuracy says "
                   "only that the pipeline trains; it is not comparable to the paper and is never shown beside it.",
                   _synthetic_table(summary)]
+    if evals:
+        parts += [f"{h} Released checkpoints",
+                  "Each row is one given checkpoint file (its sha256), evaluated once by `python run_all.py eval` "
+                  "with no training and no selection by us (a released `ckpt-best.pth` is the authors' best "
+                  "epoch on the test set); the majority-class baseline is that of the same split.",
+                  _released_table(evals, reference)]
     if len(failed):
         parts += [f"{h} Failed runs (not counted above)", _failed_list(failed)]
     return "\n\n".join(parts) + "\n"
+
+
+def _released_table(evals: list[dict], reference: pd.DataFrame) -> str:
+    """One row per evaluated checkpoint file, beside the paper's number for that setup."""
+    rows, notes = [], []
+    for r in sorted(evals, key=lambda e: (e["dataset"], e["backbone"], e["method"], e["eval_id"])):
+        m = r["metrics"]
+        method = "point_peft" if r["method"].startswith("point_peft") else r["method"]
+        official = r.get("data_source") == "official"
+        ref = reference[(reference.backbone == r["backbone"]) & (reference.method == method)
+                        & (reference.dataset == r["dataset"]) & (reference.variant == (r.get("variant") or ""))]
+        paper = _paper_cells(ref, notes)[0] if official else "synthetic data: not comparable"
+        vote = f"{m['acc_vote']:.2f} ({m['votes']} votes)" if m.get("acc_vote") is not None else ""
+        rows.append([DATASET_TITLES.get(r["dataset"], r["dataset"]) + f" ({r['split']})",
+                     BACKBONE_TITLES.get(r["backbone"], r["backbone"]), METHOD_TITLES.get(method, method),
+                     r["checkpoint"]["sha256"][:12], paper, f"{m['acc']:.2f} ({m['correct']}/{m['seen']})",
+                     vote, f"{m['majority_baseline']:.2f}"])
+    headers = ["dataset (split)", "backbone", "method", "checkpoint sha256", "paper acc. (%)",
+               "measured acc. (%)", "with voting (%)", "majority class (%)"]
+    text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    if notes:
+        text += "\n\n" + "  \n".join(f"[{i}] {s}" for i, s in enumerate(notes, 1))
+    return text
 
 
 # ------------------------------------------------------------------ README
@@ -416,15 +461,18 @@ def render_plot(dataset: str, summary: pd.DataFrame, reference: pd.DataFrame, se
 # ------------------------------------------------------------------ all outputs
 
 def build_outputs(runs_dir: Path | str, out_dir: Path | str, selection: str, reference_path: Path | str,
-                  readme: Path | str | None = None, plots: bool = True) -> dict[Path, bytes]:
+                  readme: Path | str | None = None, plots: bool = True,
+                  evals_dir: Path | str | None = None) -> dict[Path, bytes]:
     """Compute every output file's bytes; nothing is written here (see ``write_outputs``)."""
     out_dir = Path(out_dir)
     records = load_records(runs_dir)
+    evals = load_eval_records(evals_dir)
     reference = load_reference(reference_path)
     failed = collect_failed(records)
     summary = summarize(collect(records), selection, failed)
     outputs = {
-        out_dir / "tables.md": ("# Results\n\n" + render_markdown(summary, reference, selection, failed)).encode(),
+        out_dir / "tables.md": ("# Results\n\n" + render_markdown(summary, reference, selection, failed,
+                                                                   evals=evals)).encode(),
         out_dir / "summary.csv": summary.to_csv(index=False, lineterminator="\n").encode(),
     }
     if readme is not None:
@@ -433,8 +481,8 @@ def build_outputs(runs_dir: Path | str, out_dir: Path | str, selection: str, ref
             current = readme.read_bytes()
         except FileNotFoundError:
             raise ResultsError(f"README not found: {readme} (or use --no-readme)") from None
-        outputs[readme] = inject_readme(current, render_markdown(summary, reference, selection, failed, level=3),
-                                        readme)
+        outputs[readme] = inject_readme(current, render_markdown(summary, reference, selection, failed, level=3,
+                                                                 evals=evals), readme)
     if plots:
         datasets = set(reference.dataset) | set(summary[summary.data_source == "official"].dataset)
         for dataset in sorted(datasets):

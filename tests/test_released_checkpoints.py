@@ -273,9 +273,10 @@ def released(tmp_path_factory):
 def test_eval_runs_on_the_official_files(released, tmp_path, capsys, backbone):
     root, files = released
     pre, fine, bank = files[backbone]
+    synthetic = ["--synthetic"] if backbone == "point_m2ae" else []
     code = cli_main(["eval", "--backbone", backbone, "--dataset", "scanobjectnn_pb_t50_rs", "--root", str(root),
                      "--checkpoint", str(fine), "--pretrained", str(pre), "--bank", str(bank),
-                     "--evals-dir", str(tmp_path), "--device", "cpu", "--vote", "2"])
+                     "--evals-dir", str(tmp_path), "--device", "cpu", "--vote", "2", *synthetic])
     out = capsys.readouterr().out
     assert code == 0, out
     line = next(x for x in out.splitlines() if "accuracy" in x)
@@ -288,6 +289,17 @@ def test_eval_runs_on_the_official_files(released, tmp_path, capsys, backbone):
     assert record["memory_bank"]["sha256"] == file_sha256(bank)
     assert len(record["data"]["fingerprint"]) == 64 and record["metrics"]["seen"] == 3
     assert record["metrics"]["votes"] == 2 and 0 <= record["metrics"]["acc_vote"] <= 100
+
+    # tables: a "Released checkpoints" section, beside the paper's number only on official data
+    (tmp_path / "runs").mkdir()
+    assert cli_main(["tables", "--runs", str(tmp_path / "runs"), "--evals", str(tmp_path), "--out",
+                     str(tmp_path / "out"), "--no-readme", "--no-plots"]) == 0
+    text = (tmp_path / "out" / "tables.md").read_text()
+    section = text[text.index("## Released checkpoints"):]
+    row = next(x for x in section.splitlines() if record["checkpoint"]["sha256"][:12] in x)
+    assert f"{record['metrics']['acc']:.2f} ({record['metrics']['correct']}/3)" in row and "33.33" in row
+    assert ("synthetic data: not comparable" in row) == bool(synthetic)
+    assert ("85.5" in row) == (backbone == "point_mae")   # Point-PEFT README table 1
 
 
 def test_eval_refuses_a_bank_of_the_wrong_dimension(released, tmp_path, capsys):

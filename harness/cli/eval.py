@@ -38,6 +38,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from harness.config import REPO
     from harness.catalog import DATASETS
     from models.classifier import BACKBONES, METHODS
 
@@ -63,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the voting subsets (default 0)")
     p.add_argument("--batch-size", type=int, metavar="N", help="evaluation batch (default train.eval_batch_size, 64)")
     p.add_argument("--device", metavar="DEV", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--evals-dir", type=Path, default=Path("results") / "evals", metavar="DIR",
+    p.add_argument("--evals-dir", type=Path, default=REPO / "results" / "evals", metavar="DIR",
                    help="where eval records go (default results/evals)")
     p.set_defaults(func=run)
 

@@ -16,7 +16,8 @@ over seeds, n runs) beside the paper's numbers (results/reference/paper.csv), an
   {results.README_START} and {results.README_END} (nothing else in the README changes).
 Everything is computed before anything is written: a bad record or a README without markers
 is reported (naming the file) and no output changes. Runs on synthetic data get their own
-section and are never shown beside the paper's numbers.
+section and are never shown beside the paper's numbers. Eval records of `run_all.py eval`
+(results/evals/*.json) get a "Released checkpoints" section: one row per checkpoint file.
 
 selections (which accuracy of a run is reported):
   last       last epoch (no model selection)
@@ -34,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=Path, default=ROOT / "results" / "runs", metavar="DIR",
                    help="folder of run folders (default results/runs)")
+    p.add_argument("--evals", type=Path, default=ROOT / "results" / "evals", metavar="DIR",
+                   help="folder of eval records of run_all.py eval (default results/evals)")
     p.add_argument("--selection", choices=list(results.SELECTIONS), default="best_test",
                    help="which accuracy of each run to report (default best_test)")
     p.add_argument("--out", type=Path, default=ROOT / "results", metavar="DIR",
@@ -52,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     start = time.perf_counter()
     outputs = results.build_outputs(args.runs, args.out, args.selection, args.reference,
-                                    readme=args.readme, plots=args.plots)
+                                    readme=args.readme, plots=args.plots, evals_dir=args.evals)
     written = results.write_outputs(outputs)
     unchanged = len(outputs) - len(written)
     for path in written:
