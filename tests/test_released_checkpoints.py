@@ -344,3 +344,30 @@ def test_ckpt_inspect_says_what_each_file_is(released, capsys):
     assert cli_main(["ckpt", "inspect", str(bank)]) == 0
     out = capsys.readouterr().out
     assert "bare memory-bank tensor" in out and "(384, 40)" in out
+
+
+def test_a_runs_own_file_of_trained_tensors_needs_its_pretraining_file(tmp_path):
+    """``best_test.pt`` of a Point-PEFT run holds only what training changed; eval loads it on top
+    of the pre-training file it was made on, and refuses it on any other."""
+    from harness import checkpointing
+
+    pre = save(tmp_path / "pretrain.pth", pretrain_state("point_mae")[0])
+    torch.manual_seed(3)
+    trained = build_model("point_mae", 15, method="point_peft", pretrained=str(pre))
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    run_file = tmp_path / "best_test.pt"
+    torch.save({"format": checkpointing.FORMAT, "epoch": 3, "test_acc": 50.0,
+                "model": checkpointing.model_state(trained, True, []), "partial": True,
+                "backbone_id": file_sha256(pre)}, run_file)
+    torch.manual_seed(4)
+    fresh = build_model("point_mae", 15, method="point_peft", pretrained=str(pre))
+    report = load_checkpoint(fresh, run_file, "point_mae", kind="finetune", base_sha256=file_sha256(pre))
+    assert report.found.layout == "run checkpoint" and report.meta["epoch"] == 3
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in fresh.state_dict().items())
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(build_model("point_mae", 15, method="point_peft"), run_file, "point_mae",
+                        kind="finetune", base_sha256="0" * 64)
+    one_line_error(err, run_file, "trained tensors only", file_sha256(pre), "load that pre-training file first")
