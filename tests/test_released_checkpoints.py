@@ -371,3 +371,22 @@ def test_a_runs_own_file_of_trained_tensors_needs_its_pretraining_file(tmp_path)
         load_checkpoint(build_model("point_mae", 15, method="point_peft"), run_file, "point_mae",
                         kind="finetune", base_sha256="0" * 64)
     one_line_error(err, run_file, "trained tensors only", file_sha256(pre), "load that pre-training file first")
+
+
+def test_eval_from_a_config(released, tmp_path, capsys):
+    import yaml
+
+    root, files = released
+    pre, fine, bank = files["point_mae"]
+    config = tmp_path / "released.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"backbone": "point_mae", "method": "point_peft_faithful", "pretrained": str(pre),
+                  "finetuned": str(fine), "method_options": {"bank_path": str(bank)}},
+        "data": {"dataset": "scanobjectnn_pb_t50_rs", "root": str(root), "synthetic": True}}))
+    code = cli_main(["eval", str(config), "--evals-dir", str(tmp_path / "evals"), "--device", "cpu",
+                     "--set", "train.eval_batch_size=2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    record = json.loads(next((tmp_path / "evals").glob("*.json")).read_text())
+    assert record["config"]["train"]["eval_batch_size"] == 2 and record["data_source"] == "synthetic"
+    assert record["checkpoint"]["sha256"] == file_sha256(fine) and record["metrics"]["seen"] == 3

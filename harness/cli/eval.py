@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 HELP = """\
@@ -199,5 +198,6 @@ def run(args) -> int:
     vote = f", voting ({args.vote} votes) {metrics['acc_vote']:.2f}%" if args.vote else ""
     print(f"{eval_id}: accuracy {metrics['acc']:.2f}% ({metrics['correct']}/{metrics['seen']}){vote}; "
           f"majority-class baseline {baseline['acc']:.2f}% ({baseline['class']!r}); record {out}")
-    print(json.dumps({"checkpoint_sha256": ckpt["sha256"], "data_fingerprint": record["data"]["fingerprint"]}))
+    print(f"checkpoint sha256 {ckpt['sha256']}; data fingerprint {record['data']['fingerprint']} "
+          f"({len(data)} {args.split} samples)")
     return 0
