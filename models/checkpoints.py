@@ -127,7 +127,7 @@ class FileKind:
     backbone: str | None   # point_mae / point_bert / point_m2ae, None if unknown
     stage: str             # "pretrain" or "finetune"
     method: str | None     # "point_peft", "full" (a fine-tuned file without PEFT tensors), None
-    layout: str            # "official", "project", "project (old names)", "run checkpoint"
+    layout: str            # "official" (also this project's), "project (old names)", "run checkpoint"
 
     def describe(self) -> str:
         name = {"point_mae": "Point-MAE", "point_bert": "Point-BERT", "point_m2ae": "Point-M2AE",
