@@ -51,6 +51,8 @@ class ModelConfig:
     pretrained_kind: Literal["pretrain", "finetune", "auto"] = "pretrain"
     finetuned: Optional[str] = None       # a fine-tuned file (official or a run's), loaded after: evaluated / continued
     allow_missing: tuple[str, ...] = ()   # "head" and/or key patterns the file may lack (models.checkpoints)
+    pretrained_sha256: Optional[str] = None   # filled when resolved: the file's sha256 ("missing" if absent)
+    allow_random_init: bool = False       # PEFT on a random frozen backbone only when true (pipeline tests)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class DataConfig:
     permute_train: bool = True            # official: train clouds re-permuted on every access
     num_workers: int = 0
     val_fraction: float = 0.0             # carve a validation split out of train (seeded)
+    fingerprint: Optional[str] = None     # filled when resolved: harness.fingerprint of root's files
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,9 @@ class RunConfig:
 
 # Dotted keys that do not change results: left out of config_hash (and so of run_id).
 # data.root says where the files are, not what they are; experiment is a label.
+# data.fingerprint and model.pretrained_sha256 (hashed) say what the data and the weights are.
 NON_RESULT_FIELDS = ("experiment", "data.root", "data.num_workers", "output.runs_dir",
-                     "output.tensorboard", "output.progress")
+                     "output.tensorboard", "output.progress", "model.allow_random_init")
 # Fields added later: left out of the hash while at their default, so earlier run ids stay.
 ADDED_FIELDS = {"model.finetuned": None}
 
@@ -435,9 +439,16 @@ def _resolve(cfg: RunConfig, sources: dict) -> RunConfig:
         value = m.method_options.get(key)
         _check(value is None or isinstance(value, str), f"model.method_options.{key}", sources,
                f"expected a path string, got {value!r}")
+    _check(m.method == "full" or m.pretrained is not None or m.allow_random_init, "model.pretrained", sources,
+           f"{m.method} tunes a few tensors on a frozen backbone, which here would be random: set "
+           "model.pretrained to the released checkpoint (or model.allow_random_init: true for a pipeline test)")
+    from harness import fingerprint
     return dataclasses.replace(
         cfg,
-        data=dataclasses.replace(d, npoints=npoints, point_all=point_all),
+        model=dataclasses.replace(m, pretrained_sha256=m.pretrained_sha256 or fingerprint.weights_sha256(
+            None if m.pretrained is None else resolve_path(m.pretrained))),
+        data=dataclasses.replace(d, npoints=npoints, point_all=point_all,
+                                 fingerprint=d.fingerprint or fingerprint.data_fingerprint(resolve_path(d.root))),
         schedule=dataclasses.replace(s, cosine_epochs=cosine))
 
 

@@ -1,6 +1,6 @@
 """Accuracy of a model on a split: the plain protocol and the official voting, and what an
-evaluation is compared against (the majority-class baseline) and identified by (a data
-fingerprint). Used by training (``harness.train``) and by ``run_all.py eval``.
+evaluation is compared against (the majority-class baseline). Used by training
+(``harness.train``) and by ``run_all.py eval``.
 
 * plain: deterministic FPS of each cloud to ``npoints`` (the official evaluation input), no
   augmentation, argmax of the logits;
@@ -13,7 +13,6 @@ distributed callers can all-reduce them before dividing.
 """
 from __future__ import annotations
 
-import hashlib
 from contextlib import nullcontext
 from typing import Callable, ContextManager
 
@@ -71,14 +70,3 @@ def majority_baseline(labels: torch.Tensor, class_names: list[str]) -> dict:
     counts = torch.bincount(labels.long().flatten(), minlength=len(class_names))
     top = int(counts.argmax())
     return {"acc": 100.0 * counts[top].item() / max(int(counts.sum()), 1), "class": class_names[top]}
-
-
-def data_fingerprint(dataset) -> str:
-    """sha256 over a split's points and labels as loaded (shape, dtype and bytes, in file
-    order): two evaluations with equal fingerprints saw exactly the same samples."""
-    digest = hashlib.sha256()
-    for tensor in (dataset.points, dataset.labels):
-        t = torch.as_tensor(tensor).contiguous()
-        digest.update(f"{tuple(t.shape)}:{t.dtype}:".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()

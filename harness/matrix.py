@@ -20,10 +20,16 @@ An experiment file (``experiments/*.yaml``) names a base run config and the axes
       - {dataset: modelnet40, variant: aug}
 
 Every cell becomes a fully resolved run config; its ``run_id`` is derived from the config hash,
-so the same cell always maps to the same run directory and re-submitting is idempotent.
+so the same cell always maps to the same run directory and re-submitting is idempotent. The
+resolved config holds the data's content fingerprint and the checkpoint's sha256
+(``harness.fingerprint``), so both ids follow the data and weights, not their paths.
+
+A run's ``setup_id`` is the hash of the same config without the seed: the runs of one setup
+differ only in their seed, and a table cell aggregates exactly one setup.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ from typing import Any
 import yaml
 
 from harness import config as run_config
+from harness import fingerprint
 from models.errors import ConfigError
 
 # axis name -> dotted key of the run config it sets (variant sets what `variants` says)
@@ -41,19 +48,28 @@ AXIS_KEYS = {"backbone": "model.backbone", "method": "model.method", "dataset": 
 TOP_KEYS = {"name", "description", "base", "axes", "variants", "rules", "exclude", "set"}
 
 
+def setup_id(cfg: run_config.RunConfig) -> str:
+    """16-hex sha256 of the resolved config without ``train.seed`` (and without the fields that
+    do not change results): the runs of one setup differ only in their seed."""
+    tree = json.loads(run_config.canonical_json(cfg))
+    tree.get("train", {}).pop("seed", None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the matrix: its coordinates, resolved config and run id."""
+    """One cell of the matrix: its coordinates, resolved config, run id and setup id."""
 
     run_id: str
     experiment: str
     cell: dict[str, Any]
     config: dict[str, Any]
+    setup_id: str = ""
 
     def as_job(self) -> dict[str, Any]:
         """The picklable payload a job receives (plain data only)."""
         return {"run_id": self.run_id, "experiment": self.experiment, "cell": dict(self.cell),
-                "config": self.config}
+                "config": self.config, "setup_id": self.setup_id}
 
 
 def _error(path: Path, msg: str) -> ConfigError:
@@ -151,6 +167,11 @@ def expand(path: str | Path, filters: dict[str, list[str]] | None = None,
         bad = sorted(set(wanted) - valid)
         if bad:
             raise ConfigError(f"filter {axis}={','.join(bad)}: not in {path} axes.{axis} {axes[axis]}")
+    with fingerprint.one_pass():
+        return _expand(exp, path, axes, filters, runs_dir)
+
+
+def _expand(exp: dict, path: Path, axes: dict, filters: dict | None, runs_dir) -> list[RunSpec]:
     base = run_config.load_yaml(path.parent / exp["base"])
     specs = []
     names = list(axes)
@@ -174,7 +195,7 @@ def expand(path: str | Path, filters: dict[str, list[str]] | None = None,
         overrides["experiment"] = exp["name"]
         overrides["variant"] = cell.get("variant", "")
         cfg = run_config.resolve(base, overrides, source=str(path))
-        specs.append(RunSpec(run_config.run_id(cfg), exp["name"], cell, run_config.to_dict(cfg)))
+        specs.append(RunSpec(run_config.run_id(cfg), exp["name"], cell, run_config.to_dict(cfg), setup_id(cfg)))
     return specs
 
 
@@ -184,55 +205,106 @@ def run_path(spec: RunSpec) -> Path:
     return run_config.resolve_path(spec.config["output"]["runs_dir"]) / spec.run_id
 
 
-def read_json(path: Path) -> dict | None:
+def read_json_object(path: Path) -> tuple[dict | None, str | None]:
+    """(the JSON object in ``path``, None), (None, None) when there is no file, or (None, a
+    one-line problem naming the file) when it cannot be read as a JSON object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None, None
+    except IsADirectoryError:
+        return None, f"{path}: is a directory, expected a JSON file"
+    except OSError as err:
+        return None, f"{path}: cannot read: {err.strerror}"
+    except (ValueError, UnicodeDecodeError) as err:
+        return None, f"{path}: not valid JSON ({str(err).splitlines()[0][:80]})"
+    if not isinstance(data, dict):
+        return None, f"{path}: expected a JSON object, got a JSON {type(data).__name__}"
+    return data, None
+
+
+def read_json(path: Path) -> dict | None:
+    return read_json_object(path)[0]
 
 
 def epochs_logged(rdir: Path) -> int:
-    """Epochs with a row in metrics.csv (0 when the run has not finished one)."""
+    """Epochs with a row in metrics.csv (0 when the run has not finished one or it is unreadable)."""
     try:
-        return max(0, len((rdir / "metrics.csv").read_text().splitlines()) - 1)
+        return max(0, rdir.joinpath("metrics.csv").read_bytes().count(b"\n") - 1)
     except OSError:
         return 0
+
+
+def read_job(rdir: Path) -> tuple[dict | None, str | None]:
+    """A run's job.json: (info, problem); info is None without a usable job id."""
+    job, problem = read_json_object(rdir / "job.json")
+    if job is not None and not (isinstance(job.get("job_id"), (str, int)) and str(job["job_id"])):
+        return None, f"{rdir / 'job.json'}: no 'job_id' (expected the id submit wrote)"
+    return job, problem
 
 
 @dataclass(frozen=True)
 class RunState:
     """Where one run stands: from its record, its checkpoint and its last submitted job."""
 
-    state: str            # done | failed | running | pending | resumable | not started
+    state: str            # done | failed | running | pending | resumable | not started | bad record
     detail: str = ""
     job: dict | None = None
+    log: Path | None = None           # the job's submitit log, when it died without a record
+    log_tail: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()    # unreadable files (named), reported by status
 
     @property
     def needs_submission(self) -> bool:
         return self.state in ("failed", "resumable", "not started")
 
 
-def run_state(spec: RunSpec, scheduler_state=None) -> RunState:
-    """Classify a run; ``scheduler_state(job_info) -> str`` asks the scheduler about its job."""
-    rdir = run_path(spec)
-    record = read_json(rdir / "result.json")
-    job = read_json(rdir / "job.json")
-    epochs = spec.config["schedule"]["epochs"]
-    progress = f"epoch {epochs_logged(rdir)}/{epochs}"
+def run_states(specs: list[RunSpec], ask=None) -> list[RunState]:
+    """Classify every run; ``ask(list of job.json dicts) -> {job id: state}`` is called once
+    for all of them (``harness.jobs.scheduler_states``: batched squeue / sacct)."""
+    folders = [run_path(s) for s in specs]
+    jobs = [read_job(f) for f in folders]
+    infos = [j for j, _ in jobs if j is not None]
+    states = ask(infos) if (ask and infos) else {}
+    return [_classify(spec, rdir, job, job_problem, states)
+            for spec, rdir, (job, job_problem) in zip(specs, folders, jobs)]
+
+
+def run_state(spec: RunSpec, ask=None) -> RunState:
+    return run_states([spec], ask)[0]
+
+
+def _classify(spec: RunSpec, rdir: Path, job: dict | None, job_problem: str | None, states: dict) -> RunState:
+    from harness import jobs as job_logs
+
+    problems = (job_problem,) if job_problem else ()
+    record, problem = read_json_object(rdir / "result.json")
+    if record is not None:
+        from harness.results.records import check_record
+        problem = check_record(record, rdir / "result.json")
+    if problem:
+        return RunState("bad record", problem, job, problems=problems + (problem,))
+    progress = f"epoch {epochs_logged(rdir)}/{spec.config['schedule']['epochs']}"
     if record and record.get("status") == "done" and record.get("config_hash") == run_config.config_hash(
             run_config.config_from_dict(spec.config)):
-        return RunState("done", f"{record.get('wall_time_s', 0):.0f} s", job)
-    sched = scheduler_state(job) if (job and scheduler_state) else None
+        t = record.get("compute_time_s", record.get("wall_time_s"))
+        return RunState("done", f"{t:.0f} s" if isinstance(t, (int, float)) else "", job, problems=problems)
+    sched = states.get(str(job["job_id"])) if job else None
     if sched in ("PENDING", "REQUEUED", "CONFIGURING"):
-        return RunState("pending", f"job {job['job_id']}", job)
-    if sched in ("RUNNING", "COMPLETING"):
-        return RunState("running", f"job {job['job_id']}, {progress}", job)
+        return RunState("pending", f"job {job['job_id']}", job, problems=problems)
+    if job_logs.is_alive(sched):
+        return RunState("running", f"job {job['job_id']} {sched.lower()}, {progress}", job, problems=problems)
     if record and record.get("status") == "failed":
-        err = record.get("error") or {}
+        err = record.get("error") if isinstance(record.get("error"), dict) else {"message": record.get("error")}
         first = (str(err.get("message", "")).splitlines() or [""])[0]
-        return RunState("failed", f"{err.get('type', 'error')}: {first}"[:160], job)
-    if sched and sched not in ("COMPLETED", "UNKNOWN", "FINISHED"):
-        return RunState("failed", f"scheduler: {sched} (job {job['job_id']}), {progress}", job)
+        return RunState("failed", f"{err.get('type', 'error')}: {first}"[:160], job, problems=problems)
+    if job and sched is not None:
+        # the job ended (or the scheduler lost it) and the run wrote no record: it died
+        log = job_logs.log_path(job)
+        tail = tuple(job_logs.log_tail(log))
+        last = tail[-1][:120] if tail else "no log lines"
+        return RunState("failed", f"died without a record: scheduler {sched} (job {job['job_id']}), "
+                        f"{progress}; {last}", job, log, tail, problems)
     if (rdir / "checkpoint.pt").is_file():
-        return RunState("resumable", progress, job)
-    return RunState("not started", "", job)
+        return RunState("resumable", progress, job, problems=problems)
+    return RunState("not started", "", job, problems=problems)

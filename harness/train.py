@@ -291,7 +291,8 @@ def load_weights(cfg: RunConfig, net: nn.Module, log) -> tuple[str, dict]:
     Returns the identity of the frozen weights (the pre-training file's sha256, or
     "random-init:seed=S") and {"pretrained" / "finetuned": {path, sha256, ...}} for the record.
     """
-    from models.checkpoints import load_checkpoint
+    from harness.fingerprint import MISSING, weights_sha256
+    from models.checkpoints import CheckpointError, load_checkpoint
 
     peft = callable(getattr(net, "reset_query_encoder", None))
     m = cfg.model
@@ -299,12 +300,20 @@ def load_weights(cfg: RunConfig, net: nn.Module, log) -> tuple[str, dict]:
         raise ConfigError("model.finetuned: a Point-PEFT model also needs model.pretrained, the backbone's "
                           "pre-training file (its frozen query encoder is built from that file)")
     backbone_id, files = f"random-init:seed={cfg.train.seed}", {}
-    if m.pretrained is not None:
+    if m.pretrained is None:
+        log("WARNING: no pre-trained checkpoint (model.pretrained is null): the backbone starts from "
+            "random weights; this run is a pipeline check, not comparable to the paper")
+    else:
         path = resolve_path(m.pretrained)
+        backbone_id = weights_sha256(path)
+        if m.pretrained_sha256 not in (None, MISSING, backbone_id):
+            raise CheckpointError(f"model.pretrained: {path} changed since this run was configured (sha256 "
+                                  f"{m.pretrained_sha256[:12]}, now {backbone_id[:12]}): re-submit to make a new run")
         report = load_checkpoint(net, path, m.backbone, kind=m.pretrained_kind, allow_missing=m.allow_missing)
         log(report.summary())
-        backbone_id = report.sha256
-        files["pretrained"] = {"path": str(path), "sha256": backbone_id, "kind": report.kind}
+        files["pretrained"] = {"path": str(path), "sha256": backbone_id, "kind": report.kind,
+                               "loaded": len(report.loaded), "missing": len(report.missing),
+                               "skipped": len(report.skipped)}
         if peft:
             net.reset_query_encoder(sha256=backbone_id, checkpoint=str(path))
     if m.finetuned is not None:
@@ -312,7 +321,8 @@ def load_weights(cfg: RunConfig, net: nn.Module, log) -> tuple[str, dict]:
         report = load_checkpoint(net, path, m.backbone, kind="finetune", allow_missing=m.allow_missing,
                                  base_sha256=files.get("pretrained", {}).get("sha256"))
         log(report.summary())
-        files["finetuned"] = {"path": str(path), "sha256": report.sha256, "file": report.found.describe()}
+        files["finetuned"] = {"path": str(path), "sha256": weights_sha256(path), "file": report.found.describe(),
+                              "loaded": len(report.loaded)}
     return backbone_id, files
 
 
@@ -381,6 +391,9 @@ class _Run:
         self.train_samples = 0
         self.train_seconds = 0.0
         self.global_step = 0
+        # compute time and peak memory over every segment of a resumed run (kept in checkpoints)
+        self.segment_start = time.perf_counter()
+        self.prior_compute_s, self.prior_peak, self.segments = 0.0, 0, 1
 
     def log(self, msg: str) -> None:
         if self.info.is_main:
@@ -417,6 +430,8 @@ class _Run:
         self.train_ds = SeededItems(train, cfg.train.seed)
         self.n_train, self.n_test = len(train), len(test)
         self.n_val = len(val) if val is not None else 0
+        self.class_counts = {"train": _class_counts(train, ds_info.num_classes),
+                             "test": _class_counts(test, ds_info.num_classes)}
         self.sampler = DistributedSampler(self.train_ds, num_replicas=info.world_size, rank=info.rank,
                                           shuffle=True, seed=cfg.train.seed, drop_last=True)
         self.loader_gen = torch.Generator()
@@ -540,7 +555,7 @@ class _Run:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": checkpointing.rng_state(), "history": self.history, "best": self.best,
             "train_samples": self.train_samples, "train_seconds": self.train_seconds,
-            "global_step": self.global_step,
+            "global_step": self.global_step, **self.cost(),
         }
         checkpointing.save_atomic(state, self.ckpt_path)
 
@@ -574,6 +589,9 @@ class _Run:
         self.global_step = state["global_step"]
         self.log(f"resumed from {self.ckpt_path} after epoch {state['epoch']}")
         self.resumed_from = state["epoch"]
+        self.prior_compute_s = state.get("compute_time_s", 0.0)
+        self.prior_peak = state.get("peak_memory_bytes", 0)
+        self.segments = state.get("segments", 1) + 1
         return state["epoch"] + 1
 
     # ---------------------------------------------------------------- steps
@@ -669,6 +687,11 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def cost(self) -> dict:
+        """Compute time (s) and peak memory (bytes) summed / maxed over all segments so far."""
+        return {"compute_time_s": self.prior_compute_s + time.perf_counter() - self.segment_start,
+                "peak_memory_bytes": max(self.prior_peak, _peak_memory(self.device)), "segments": self.segments}
 
     @torch.no_grad()
     def evaluate(self, loader) -> float:
@@ -795,9 +818,12 @@ class _Run:
 # ----------------------------------------------------------------------------- records
 
 def _base_record(cfg: RunConfig, start_time: str) -> dict:
+    from harness.matrix import setup_id
+
     sha, dirty = _git_commit()
     return {
-        "schema": 1, "run_id": run_id(cfg), "status": None, "experiment": cfg.experiment or None,
+        "schema": 2, "run_id": run_id(cfg), "setup_id": setup_id(cfg), "status": None,
+        "experiment": cfg.experiment or None,
         "backbone": cfg.model.backbone, "method": cfg.model.method, "dataset": cfg.data.dataset,
         "variant": cfg.record_variant, "data_source": "synthetic" if cfg.data.synthetic else "official",
         "seed": cfg.train.seed, "metrics": None, "params": None, "epochs": None, "wall_time_s": None,
@@ -825,6 +851,26 @@ def read_done_record(cfg: RunConfig) -> dict | None:
     return None
 
 
+def _class_counts(ds: Dataset, num_classes: int) -> list[int]:
+    """Samples per class of a split (a Subset counts its own indices)."""
+    if isinstance(ds, Subset):
+        labels = torch.as_tensor(_fixed_view(ds.dataset).labels)[torch.as_tensor(ds.indices, dtype=torch.long)]
+    else:
+        labels = torch.as_tensor(_fixed_view(ds).labels)
+    return torch.bincount(labels.reshape(-1).long(), minlength=num_classes).tolist()
+
+
+def check_data_identity(cfg: RunConfig) -> str:
+    """The data's fingerprint now; a ConfigError when it differs from the configured one."""
+    from harness.fingerprint import MISSING, data_fingerprint
+
+    now = data_fingerprint(resolve_path(cfg.data.root))
+    if cfg.data.fingerprint not in (None, MISSING, now):
+        raise ConfigError(f"data.root: the files in {resolve_path(cfg.data.root)} changed since this run was "
+                          f"configured (fingerprint {cfg.data.fingerprint}, now {now}): re-submit to make a new run")
+    return now
+
+
 def check_engine(cfg: RunConfig) -> None:
     """DeepSpeed asked for but not installed: one line, before any work."""
     import importlib.util
@@ -843,6 +889,7 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
     """
     check_paths(cfg)            # one-line errors before any work
     check_engine(cfg)
+    fingerprint = check_data_identity(cfg)
     done = read_done_record(cfg)
     if done is not None:
         print(f"[{done['run_id']}] already done: {result_path(cfg)}", flush=True)
@@ -866,11 +913,15 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
             train_samples_per_s=(state.train_samples / state.train_seconds) if state.train_seconds else None,
             notes=state.notes or None,
             data={"train": state.n_train, "val": state.n_val, "test": state.n_test,
-                  "npoints": cfg.data.npoints, "point_all": state.point_all},
+                  "npoints": cfg.data.npoints, "point_all": state.point_all, "fingerprint": fingerprint,
+                  "num_classes": len(state.class_counts["test"]), "class_counts": state.class_counts},
+            pretrained=state.weight_files.get("pretrained"),
+            seconds_per_epoch=(sum(r["epoch_time_s"] for r in state.history) / len(state.history)
+                               if state.history else None),
             amp=state.amp,
             resumed_from_epoch=getattr(state, "resumed_from", None),
             memory_bank=state.bank_info,
-            checkpoints=state.weight_files or None,
+            finetuned=state.weight_files.get("finetuned"),
         )
     except BaseException as err:
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
@@ -879,20 +930,24 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
             raise
         record.update(status="failed", error=error_info(err),
                       epochs=len(state.history) if state is not None else 0)
-        _finish(record, info, t0)
+        _finish(record, info, t0, state)
         distributed.teardown(info)
         raise
-    _finish(record, info, t0)
+    _finish(record, info, t0, state)
     distributed.teardown(info)
     return record
 
 
-def _finish(record: dict, info: distributed.DistInfo, t0: float) -> None:
+def _finish(record: dict, info: distributed.DistInfo, t0: float, state=None) -> None:
     from harness.results import write_record
 
     record["end_time"] = _now()
-    record["wall_time_s"] = time.perf_counter() - t0
+    record["wall_time_s"] = time.perf_counter() - t0      # this segment (process) only
     record["peak_memory_bytes"] = _peak_memory(info.device)
+    if state is not None and hasattr(state, "segment_start"):
+        record.update(state.cost())                       # summed / maxed over resumed segments
+        if info.device.type == "cuda":
+            record["gpu_hours"] = record["compute_time_s"] * info.world_size / 3600
     record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     if info.is_main:
         path = resolve_path(record["config"]["output"]["runs_dir"]) / record["run_id"] / "result.json"

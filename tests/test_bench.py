@@ -97,7 +97,7 @@ def test_quick_cli_writes_json_markdown_and_readme_block(tiny_bench, tmp_path, c
     assert by_method[("no_such_backbone", "full")]["status"] == "error"
 
     # tooling (shrunk sizes here): measured or skipped with a reason
-    assert {e["id"] for e in rep["tooling"]} == {"matrix", "tables"}
+    assert {e["id"] for e in rep["tooling"]} == {"matrix", "status", "tables"}
     for e in rep["tooling"]:
         assert e["status"] == "ok" or e["notes"].startswith("skipped:"), e["notes"]
 

@@ -134,7 +134,7 @@ def test_missing_dataset_root_is_one_line(chain):
                          + [REPO / "experiments" / "tiny.yaml", REPO / "experiments" / "tiny_peft.yaml"],
                          ids=lambda p: p.name)
 def test_recipes_validate(path):
-    cfg = C.load_config(path)
+    cfg = C.load_config(path, ["model.allow_random_init=true"])  # recipes name no checkpoint
     assert cfg.optim.weight_decay == 0.05 and cfg.optim.grad_clip == 10.0
 
 

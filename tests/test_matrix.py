@@ -108,3 +108,79 @@ def test_dry_run_prints_array_script_and_submits_nothing(tmp_path):
     assert "#SBATCH --hint=nomultithread" in out.stdout and "#SBATCH --signal=USR2@" in out.stdout
     assert "30 runs, 30 to submit" in out.stdout
     assert not (tmp_path / "runs").exists() and not (tmp_path / "logs").exists()
+
+
+# ----------------------------------------------------------------------------- data and weights identity
+
+def _tiny(root, *sets):
+    from harness.config import load_config
+    return load_config(REPO / "experiments" / "tiny.yaml", [f"data.root={root}", *sets])
+
+
+def test_moving_data_keeps_the_run_id_and_new_content_makes_a_new_one(tmp_path):
+    from harness.config import run_id
+    from harness.data.synthetic import write_synthetic
+
+    write_synthetic("scanobjectnn_obj_only", tmp_path / "a", num_classes=5, train_per_class=4, test_per_class=2, seed=0)
+    before = run_id(_tiny(tmp_path / "a"))
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert run_id(_tiny(tmp_path / "b")) == before            # moved: same run, still done
+    h5 = sorted((tmp_path / "b").rglob("*.h5"))[0]
+    data = bytearray(h5.read_bytes())
+    data[-100] ^= 0xFF                                          # one byte of one file's content
+    h5.write_bytes(bytes(data))
+    assert run_id(_tiny(tmp_path / "b")) != before
+    assert run_id(_tiny(tmp_path / "missing")) != before        # a folder that is gone is not "done"
+
+
+def test_checkpoint_sha256_is_part_of_the_run_id(tmp_path):
+    from harness.config import run_id
+
+    (tmp_path / "w.pth").write_bytes(b"one")
+    a = _tiny(tmp_path, f"model.pretrained={tmp_path / 'w.pth'}")
+    (tmp_path / "w.pth").write_bytes(b"two")
+    b = _tiny(tmp_path, f"model.pretrained={tmp_path / 'w.pth'}")
+    assert a.model.pretrained_sha256 != b.model.pretrained_sha256 and run_id(a) != run_id(b)
+
+
+def test_point_peft_without_pretrained_weights_refuses_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "run_all.py", "train", "experiments/tiny.yaml", "--set",
+                          "model.method=point_peft", f"data.root={tmp_path}", "--print-config"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.pretrained" in lines[0] and "allow_random_init" in lines[0]
+
+
+def test_submit_preflight_lists_missing_paths_and_submits_nothing(tmp_path):
+    out = subprocess.run([sys.executable, "run_all.py", "submit", "experiments/paper.yaml", "--only",
+                          "backbone=point_mae,dataset=modelnet40", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"),
+                          "--logs", str(tmp_path / "logs")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "data.root:" in out.stderr and "model.pretrained:" in out.stderr and "nothing submitted" in out.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+def test_status_asks_the_scheduler_once_for_many_jobs(tmp_path, monkeypatch):
+    specs = matrix.expand(REPO / "experiments" / "smoke.yaml", runs_dir=tmp_path / "runs")
+    for i, spec in enumerate(specs):
+        (tmp_path / "runs" / spec.run_id).mkdir(parents=True)
+        (tmp_path / "runs" / spec.run_id / "job.json").write_text(
+            '{"executor": "slurm", "job_id": "7_%d", "folder": "%s"}' % (i, tmp_path))
+    (tmp_path / "7_0_0_log.err").write_text("srun: error: node lost\nslurmstepd: CANCELLED AT 12:00\n")
+    calls = []
+
+    def ask(infos):
+        calls.append(len(infos))
+        return {"7_0": "CANCELLED", **{f"7_{i}": "PENDING" for i in range(1, len(specs))}}
+    states = matrix.run_states(specs, ask)
+    assert calls == [len(specs)]
+    assert states[0].state == "failed" and "CANCELLED" in states[0].detail
+    assert states[0].log == tmp_path / "7_0_0_log.err" and states[0].log_tail[-1] == "slurmstepd: CANCELLED AT 12:00"
+    assert {s.state for s in states[1:]} == {"pending"}
+
+
+def test_sacct_array_ranges_are_expanded():
+    from harness import jobs
+    assert jobs._parse_ids("12_[3-5,7%2]") == ["12_3", "12_4", "12_5", "12_7"]
+    assert jobs._parse_ids("12_3") == ["12_3"]

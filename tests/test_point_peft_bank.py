@@ -117,14 +117,14 @@ def test_a_bank_of_another_dataset_is_refused_by_a_run(tmp_path):
     model = small_model(bank_columns=0)
     path = save_memory_bank(tmp_path / "bg.pt", _bank(model, dataset="scanobjectnn_obj_bg"))
     cfg = resolve({}, {"model.method": "point_peft", "model.method_options.bank_path": str(path),
-                       "data.dataset": "modelnet40", "data.root": str(tmp_path)})
+                       "data.dataset": "modelnet40", "data.root": str(tmp_path), "model.allow_random_init": True})
     with pytest.raises(MemoryBankError) as err:
         _prepare_memory_bank(cfg, model, None, tmp_path, None, "cpu", False, print)
     msg = str(err.value)
     assert len(msg.splitlines()) == 1 and str(path) in msg
     assert "dataset is 'scanobjectnn_obj_bg', expected 'modelnet40'" in msg
     cfg = resolve({}, {"model.method": "point_peft", "model.method_options.bank_path": str(path),
-                       "data.dataset": "scanobjectnn_obj_bg", "data.root": str(tmp_path)})
+                       "data.dataset": "scanobjectnn_obj_bg", "data.root": str(tmp_path), "model.allow_random_init": True})
     record = _prepare_memory_bank(cfg, model, None, tmp_path, None, "cpu", False, print)
     assert record["meta"]["dataset"] == "scanobjectnn_obj_bg" and len(record["sha256"]) == 64
 

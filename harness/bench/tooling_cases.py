@@ -1,4 +1,5 @@
-"""Bench part ``tooling``: how fast the harness plans 1,000 runs and tabulates 10,000 results.
+"""Bench part ``tooling``: how fast the harness plans 1,000 runs, reports their status from a
+SLURM scheduler, and tabulates 100,000 results.
 
 * matrix: a temporary experiment file whose axes (every registered backbone x method x the
   known datasets x seeds, trimmed by ``exclude`` to exactly 1,000 cells) sit on
@@ -10,6 +11,11 @@
   collect + collect_failed + summarize + load_reference + render_markdown (what
   ``run_all.py tables`` computes; plots and file writes are not included). The page cache is
   warm (the files were just written).
+
+* status: the same 1,000 runs, each with a ``job.json`` of a SLURM array task; ``squeue`` and
+  ``sacct`` are stand-in scripts on PATH that answer for every job and count their calls; timed:
+  ``matrix.run_states`` with ``harness.jobs.scheduler_states`` (what ``run_all.py status``
+  computes). Target: under 3 s, with a handful of scheduler calls, not one per job.
 
 A part whose harness modules are missing or broken is reported as ``skipped: <reason>``.
 """
@@ -25,7 +31,9 @@ from pathlib import Path
 from harness.bench.common import ROOT, median, short_error
 
 MATRIX_RUNS = 1000
-TABLE_RECORDS = 10000
+TABLE_RECORDS = 100000
+STATUS_TARGET_S = 3.0
+TABLES_TARGET_S = 5.0
 BASE_RECIPE = ROOT / "experiments" / "recipes" / "official.yaml"
 PROFILE = ROOT / "slurm" / "profiles" / "example-cluster.yaml"
 REFERENCE = ROOT / "results" / "reference" / "paper.csv"
@@ -33,7 +41,7 @@ REFERENCE = ROOT / "results" / "reference" / "paper.csv"
 
 def _entry(name: str, status: str, notes: str, value: float | None = None, values: dict | None = None,
            repeats: list[float] | None = None) -> dict:
-    kind = "matrix" if "matrix" in name else "tables"
+    kind = "status" if "status" in name else "matrix" if "matrix" in name else "tables"
     return {"name": name, "id": kind, "status": status, "value": value, "unit": "s", "values": values or {},
             "repeats": repeats or [], "notes": notes}
 
@@ -56,7 +64,7 @@ def _matrix_yaml(n_runs: int) -> tuple[str, int]:
                 if len(exclude) < extra:
                     exclude.append({"backbone": b, "method": m, "dataset": d, "seed": seeds - 1})
     doc = {"name": "bench-matrix", "description": f"{n_runs}-run matrix for run_all.py bench",
-           "base": str(BASE_RECIPE),
+           "base": str(BASE_RECIPE), "set": {"model.allow_random_init": True},
            "axes": {"backbone": backbones, "method": methods, "dataset": datasets, "seed": list(range(seeds))},
            "exclude": exclude}
     return yaml.safe_dump(doc, sort_keys=False), seeds * per_seed - extra
@@ -112,14 +120,18 @@ def bench_matrix(repeats: int, n_runs: int | None = None) -> dict:
 
 
 def synthetic_record(i: int, rng: random.Random, fields: tuple) -> dict:
-    """One result record (schema 1 of harness.results) with plausible values."""
+    """One result record (schema 2 of harness.results) with plausible values."""
     backbones, methods = ("point_bert", "point_mae", "point_m2ae"), ("full", "point_peft")
     datasets = ("scanobjectnn_obj_bg", "scanobjectnn_obj_only", "scanobjectnn_pb_t50_rs", "modelnet40")
     backbone, method, dataset = backbones[i % 3], methods[(i // 3) % 2], datasets[(i // 6) % 4]
     seed = i // 24
     failed = rng.random() < 0.02
     acc = 80 + 10 * rng.random()
-    rec = {"schema": 1, "run_id": f"{backbone}-{method}-{dataset}-s{seed}-{i:010x}",
+    rec = {"schema": 2, "run_id": f"{backbone}-{method}-{dataset}-s{seed}-{i:010x}",
+           "setup_id": f"{backbone}-{method}-{dataset}-{i % 7 == 0}", "compute_time_s": 3600 * rng.random(),
+           "seconds_per_epoch": 12 * rng.random(),
+           "data": {"train": 11416, "val": 0, "test": 2882, "class_counts": {"test": [192] * 15}},
+           "pretrained": {"sha256": "0" * 64, "loaded": 100, "missing": 2, "skipped": 0},
            "status": "failed" if failed else "done", "backbone": backbone, "method": method,
            "dataset": dataset, "variant": "aug" if i % 7 == 0 else "",
            "data_source": "synthetic" if rng.random() < 0.05 else "official", "seed": seed,
@@ -161,13 +173,12 @@ def bench_tables(repeats: int, n_records: int | None = None) -> dict:
             t_write = time.perf_counter() - t_write
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                records = results.load_records(runs)
+                records, _ = results.load_records(runs)
                 t1 = time.perf_counter()
-                failed = results.collect_failed(records)
-                summary = results.summarize(results.collect(records), "best_test", failed)
+                computed = results.compute(records)
                 reference = results.load_reference(REFERENCE)
                 t2 = time.perf_counter()
-                text = results.render_markdown(summary, reference, "best_test", failed)
+                text = computed.markdown(reference)
                 t3 = time.perf_counter()
                 times.append(t3 - t0)
                 stages.append((t1 - t0, t2 - t1, t3 - t2))
@@ -176,18 +187,79 @@ def bench_tables(repeats: int, n_records: int | None = None) -> dict:
     if len(records) != n_records or "|" not in text:
         return _entry(name, "error", f"error: loaded {len(records)} of {n_records} records")
     pick = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
-    return _entry(name, "ok", f"harness.results load_records + collect + collect_failed + summarize + "
-                  f"load_reference + render_markdown; warm page cache; plots and file writes excluded; "
-                  f"median of {repeats}", value=median(times), repeats=times,
+    return _entry(name, "ok", f"harness.results load_records + compute (setups, paired statistics) + "
+                  f"load_reference + markdown; warm page cache; plots and file writes excluded; median of {repeats}; "
+                  f"target < {TABLES_TARGET_S:g} s: {'pass' if median(times) < TABLES_TARGET_S else 'fail'}",
+                  value=median(times), repeats=times,
                   values={"load_records_s": stages[pick][0], "collect_summarize_s": stages[pick][1],
                           "render_markdown_s": stages[pick][2], "records": len(records),
                           "write_records_untimed_s": t_write})
 
 
+FAKE_SCHEDULER = """#!/bin/sh
+# stand-in for squeue / sacct: counts its calls, answers every array task of job 4242
+echo "$0" >> "{calls}"
+case "$0" in
+  *squeue) i=0; while [ $i -lt {n} ]; do echo "4242_$i|RUNNING"; i=$((i+1)); done ;;
+  *sacct) ;;
+esac
+"""
+
+
+def bench_status(repeats: int, n_runs: int | None = None) -> dict:
+    n_runs = n_runs or MATRIX_RUNS
+    name = f"status of a {n_runs:,}-run matrix on SLURM (batched scheduler calls)"
+    try:
+        import os
+
+        from harness import jobs, matrix
+        text, _ = _matrix_yaml(n_runs)
+    except Exception as err:  # noqa: BLE001
+        return _entry(name, "skipped", f"skipped: {short_error(err)}")
+    times, calls_per = [], []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp:
+            tmp = Path(tmp)
+            (tmp / "bench-matrix.yaml").write_text(text)
+            specs = matrix.expand(tmp / "bench-matrix.yaml", None, runs_dir=tmp / "runs")
+            for i, spec in enumerate(specs):
+                folder = tmp / "runs" / spec.run_id
+                folder.mkdir(parents=True)
+                (folder / "job.json").write_text(json.dumps(
+                    {"executor": "slurm", "job_id": f"4242_{i}", "folder": str(tmp / "logs")}))
+            bin_dir = tmp / "bin"
+            bin_dir.mkdir()
+            calls = tmp / "calls.txt"
+            for tool in ("squeue", "sacct"):
+                (bin_dir / tool).write_text(FAKE_SCHEDULER.format(calls=calls, n=len(specs)))
+                (bin_dir / tool).chmod(0o755)
+            old_path = os.environ.get("PATH", "")
+            os.environ["PATH"] = f"{bin_dir}{os.pathsep}{old_path}"
+            try:
+                for _ in range(repeats):
+                    calls.write_text("")
+                    t0 = time.perf_counter()
+                    states = matrix.run_states(specs, jobs.scheduler_states)
+                    times.append(time.perf_counter() - t0)
+                    calls_per.append(len(calls.read_text().splitlines()))
+            finally:
+                os.environ["PATH"] = old_path
+    except Exception as err:  # noqa: BLE001
+        return _entry(name, "skipped", f"skipped: the status tooling failed: {short_error(err)}")
+    running = sum(s.state == "running" for s in states)
+    if running != len(specs):
+        return _entry(name, "error", f"error: {running} of {len(specs)} runs read as running")
+    ok = median(times) < STATUS_TARGET_S
+    return _entry(name, "ok", f"matrix.run_states + harness.jobs.scheduler_states over {len(specs)} job.json files; "
+                  f"stand-in squeue/sacct on PATH; {max(calls_per)} scheduler call(s) per status; median of {repeats}; "
+                  f"target < {STATUS_TARGET_S:g} s: {'pass' if ok else 'fail'}", value=median(times), repeats=times,
+                  values={"scheduler_calls": max(calls_per), "runs": len(specs)})
+
+
 def run_tooling(quick: bool, log=print) -> list[dict]:
     repeats = 1 if quick else 3
     entries = []
-    for fn in (bench_matrix, bench_tables):
+    for fn in (bench_matrix, bench_status, bench_tables):
         entry = fn(repeats)
         log(f"tooling: {entry['name']}: " + (f"{entry['value']:.3f} s" if entry["value"] is not None
                                               else entry["notes"]))

@@ -46,8 +46,9 @@ def run(args) -> int:
     status = submit.run_submit(SimpleNamespace(
         experiment=str(resolve_path(args.experiment)), only=None, seeds=None, runs_dir=str(out / "runs"),
         executor="local", profile=None, dry_run=False, wait=True, parallel=args.parallel, logs=str(out / "submitit")))
-    outputs = results.build_outputs(out / "runs", out, "best_test", resolve_path("results/reference/paper.csv"))
-    results.write_outputs(outputs)
+    text, pngs = results.demo_report(out / "runs", out, resolve_path("results/reference/paper.csv"))
+    print("\n" + text)
+    print("plots: " + ", ".join(str(p.relative_to(out)) for p in pngs))
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
     print(f"  runs:    {out / 'runs'}")
     print(f"  tables:  {out / 'tables.md'}")

@@ -136,7 +136,7 @@ def run(args) -> int:
     from harness.catalog import dataset_info
     from harness.cli import UserError
     from harness.data import build_dataset
-    from harness.evaluate import accuracy_counts, data_fingerprint, majority_baseline, percent, vote_counts
+    from harness.evaluate import accuracy_counts, majority_baseline, percent, vote_counts
     from harness.memory_bank import MemoryBankError, bank_record, load_memory_bank, read_memory_bank
     from harness.results import write_record
 
@@ -188,7 +188,8 @@ def run(args) -> int:
         "checkpoint": ckpt, "pretrained": files.get("pretrained"), "backbone_id": backbone_id,
         "memory_bank": bank, "metrics": metrics,
         "selection": "none: one given checkpoint, evaluated once",
-        "data": {"samples": len(data), "npoints": cfg.data.npoints, "fingerprint": data_fingerprint(data)},
+        "data": {"samples": len(data), "npoints": cfg.data.npoints, "fingerprint": cfg.data.fingerprint,
+                 "class_counts": {args.split: train._class_counts(data, info.num_classes)}},
         "device": train._device_name(device), "git_commit": sha, "git_dirty": dirty,
         "packages": train._packages(), "config": run_config.to_dict(cfg),
         "start_time": start, "end_time": train._now(), "wall_time_s": time.perf_counter() - t0,
@@ -198,6 +199,6 @@ def run(args) -> int:
     vote = f", voting ({args.vote} votes) {metrics['acc_vote']:.2f}%" if args.vote else ""
     print(f"{eval_id}: accuracy {metrics['acc']:.2f}% ({metrics['correct']}/{metrics['seen']}){vote}; "
           f"majority-class baseline {baseline['acc']:.2f}% ({baseline['class']!r}); record {out}")
-    print(f"checkpoint sha256 {ckpt['sha256']}; data fingerprint {record['data']['fingerprint']} "
+    print(f"checkpoint sha256 {ckpt['sha256']}; data fingerprint {cfg.data.fingerprint} of {cfg.data.root} "
           f"({len(data)} {args.split} samples)")
     return 0

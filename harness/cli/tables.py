@@ -1,65 +1,76 @@
-"""``run_all.py tables``: result records -> tables.md, summary.csv, README block, plots."""
+"""``run_all.py tables``: result records -> tables.md, summary.csv, paired.csv, plots (README on request)."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-from harness import results
+from harness import jobs, results
 
 ROOT = Path(__file__).resolve().parents[2]
 
 HELP = f"""\
-Collect every results/runs/<run_id>/result.json into tables of measured accuracy (mean ± std
-over seeds, n runs) beside the paper's numbers (results/reference/paper.csv), and write:
-  OUT/tables.md, OUT/summary.csv, OUT/plots/<dataset>.png, and the README block between
-  {results.README_START} and {results.README_END} (nothing else in the README changes).
-Everything is computed before anything is written: a bad record or a README without markers
-is reported (naming the file) and no output changes. Runs on synthetic data get their own
-section and are never shown beside the paper's numbers. Eval records of `run_all.py eval`
-(results/evals/*.json) get a "Released checkpoints" section: one row per checkpoint file.
+Collect every results/runs/<run_id>/result.json into tables and write OUT/tables.md,
+OUT/summary.csv (one row per setup), OUT/paired.csv and OUT/plots/<dataset>.png. Eval records
+of `run_all.py eval` (results/evals/*.json) get a "Released checkpoints" section: one row per
+checkpoint file, beside the paper's number where the evaluation is comparable.
 
-selections (which accuracy of a run is reported):
-  last       last epoch (no model selection)
-  best_val   test accuracy at the best validation epoch (null where there is no val split)
-  best_test  best epoch on the test set: what the official code reports (default)
-  vote       with voting (test-time augmentation), where it was run
+A row is one setup (the runs of one resolved config, data and weights identified by content,
+that differ only in their seed), mean ± std over distinct seeds. Setups that are not comparable
+to the paper (synthetic or partial data, random init, fewer epochs, other batch or points ...)
+get their own section with the reasons and are never plotted beside the paper's numbers. Both
+selections are shown side by side: honest (best validation epoch, else last epoch) and legacy
+(best test epoch / vote: what the official code reports). A paired table gives PEFT minus full
+fine-tuning per seed with a 95% Student-t interval. Costs: trainable parameters, compute time
+summed over resumed segments, seconds per epoch, peak memory.
+
+Run folders whose job ended without writing a record count as failed (the scheduler is asked
+once, in batches). A record that cannot be read is named and skipped; the exit status is then 1.
+The README block between {results.README_START} and {results.README_END} is written only
+with --readme (so regenerating tables leaves tracked files, and later runs' git_dirty, alone).
 
 examples:
   python run_all.py tables
-  python run_all.py tables --selection last --no-readme --no-plots"""
+  python run_all.py tables --readme --no-plots"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tables", help="result tables, summary CSV, README block and plots from run records",
+    p = sub.add_parser("tables", help="result tables, summary CSV and plots from run records (README on request)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=Path, default=ROOT / "results" / "runs", metavar="DIR",
                    help="folder of run folders (default results/runs)")
     p.add_argument("--evals", type=Path, default=ROOT / "results" / "evals", metavar="DIR",
                    help="folder of eval records of run_all.py eval (default results/evals)")
-    p.add_argument("--selection", choices=list(results.SELECTIONS), default="best_test",
-                   help="which accuracy of each run to report (default best_test)")
     p.add_argument("--out", type=Path, default=ROOT / "results", metavar="DIR",
-                   help="where tables.md, summary.csv and plots/ go (default results)")
+                   help="where tables.md, summary.csv, paired.csv and plots/ go (default results)")
     p.add_argument("--reference", type=Path, default=ROOT / "results" / "reference" / "paper.csv",
                    metavar="CSV", help="the paper's numbers (default results/reference/paper.csv)")
     readme = p.add_mutually_exclusive_group()
-    readme.add_argument("--readme", type=Path, default=ROOT / "README.md", metavar="PATH",
-                        help="README whose marked block gets the tables (default README.md)")
+    readme.add_argument("--readme", type=Path, nargs="?", const=ROOT / "README.md", default=None, metavar="PATH",
+                        help="also replace the marked block of this README (default README.md)")
     readme.add_argument("--no-readme", dest="readme", action="store_const", const=None,
-                        help="leave the README alone")
+                        help="leave the README alone (the default)")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    p.add_argument("--run-plots", action="store_true",
+                   help="also plot every run of the non-comparable setups and their learning curves")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     start = time.perf_counter()
-    outputs = results.build_outputs(args.runs, args.out, args.selection, args.reference,
-                                    readme=args.readme, plots=args.plots, evals_dir=args.evals)
+    outputs, t = results.build_outputs(args.runs, args.out, args.reference, readme=args.readme,
+                                       plots_=args.plots, run_plots=args.run_plots, ask=jobs.scheduler_states,
+                                       evals_dir=args.evals)
     written = results.write_outputs(outputs)
-    unchanged = len(outputs) - len(written)
     for path in written:
         print(f"wrote {path}")
-    print(f"tables ({args.selection}): {len(written)} files written, {unchanged} unchanged "
+    for problem in t.problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    print(f"tables: {len(t.runs)} done runs in {len(t.setups)} setups, {len(t.failed)} failed; "
+          f"{len(written)} files written, {len(outputs) - len(written)} unchanged "
           f"in {time.perf_counter() - start:.1f} s")
+    if t.problems:
+        print(f"error: {len(t.problems)} file(s) could not be used (named above)", file=sys.stderr)
+        return 1
     return 0

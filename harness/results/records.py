@@ -1,0 +1,211 @@
+"""Result records: atomic writing, and loading that names every bad file and carries on.
+
+One JSON record per run (``<runs>/<run_id>/result.json``, schema 2, written by
+``harness.train``). Loading never stops at a bad file: a record that is not a JSON object, has
+a field of the wrong type, a NaN accuracy, or is a directory, is skipped with one line naming
+the file (``problems``), and the command exits non-zero at the end. A run folder whose job
+ended without writing a record (``job.json`` and a finished job, ``harness.jobs``) becomes an
+in-memory failed record, so tables count it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from models.errors import BenchError
+
+SCHEMA_VERSION = 2
+SCHEMAS = (1, 2)          # schema 1 records (no setup id, no data identity) still load
+IDENTITY_FIELDS = ("run_id", "status", "backbone", "method", "dataset", "variant", "data_source", "seed")
+RECORD_FIELDS = IDENTITY_FIELDS + (
+    "schema", "setup_id", "experiment", "metrics", "params", "epochs", "wall_time_s", "compute_time_s",
+    "segments", "seconds_per_epoch", "train_samples_per_s", "peak_memory_bytes", "device", "world_size",
+    "git_commit", "packages", "config", "config_hash", "data", "pretrained", "start_time", "end_time", "error")
+METRIC_FIELDS = ("acc_last", "acc_best_test", "acc_best_val", "acc_vote")
+STATUSES = ("done", "failed")
+DATA_SOURCES = ("official", "synthetic")
+
+
+class ResultsError(BenchError):
+    """A result record, reference file or README that the tables cannot be built from."""
+
+
+# ------------------------------------------------------------------ atomic files
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> None:
+    """Write via a temp file in the same folder + os.replace: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_record(path: Path | str, record: dict) -> None:
+    """Write one result record atomically (strict JSON: NaN/inf are refused, not written)."""
+    try:
+        text = json.dumps(record, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ResultsError(f"{path}: record is not valid JSON data: {err}") from None
+    write_bytes_atomic(path, (text + "\n").encode())
+
+
+# ------------------------------------------------------------------ checking
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_record(record, where: Path) -> str | None:
+    """None when the record can be tabulated, else one line naming the file and the field."""
+    if not isinstance(record, dict):
+        return f"{where}: expected a JSON object, got a JSON {type(record).__name__}"
+    if record.get("schema") not in SCHEMAS:
+        return f"{where}: schema {record.get('schema')!r} is not supported (expected one of {SCHEMAS})"
+    missing = [k for k in IDENTITY_FIELDS if k not in record]
+    if missing:
+        return f"{where}: lacks {', '.join(missing)}"
+    if record["status"] not in STATUSES:
+        return f"{where}: status {record['status']!r} is not one of {', '.join(STATUSES)}"
+    if record["data_source"] not in DATA_SOURCES:
+        return f"{where}: data_source {record['data_source']!r} is not one of {', '.join(DATA_SOURCES)}"
+    for key in ("run_id", "backbone", "method", "dataset"):
+        if not isinstance(record[key], str):
+            return f"{where}: {key} is {record[key]!r}, expected a string"
+    if not isinstance(record["variant"], (str, type(None))):
+        return f"{where}: variant is {record['variant']!r}, expected a string"
+    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
+        return f"{where}: seed is {record['seed']!r}, expected an integer"
+    if record["status"] == "done":
+        metrics = record.get("metrics")
+        if not isinstance(metrics, dict):
+            return f"{where}: a done record needs a 'metrics' object, got {metrics!r}"
+        for key in METRIC_FIELDS:
+            v = metrics.get(key)
+            if v is not None and not _is_number(v):
+                return f"{where}: metrics.{key} is {v!r}, expected a number (accuracy in %) or null"
+            if v is not None and not math.isfinite(v):
+                return f"{where}: metrics.{key} is {v}, not a finite accuracy (the run diverged?)"
+    for key in ("params", "data", "pretrained"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            return f"{where}: {key} is {record[key]!r}, expected an object or null"
+    for key in ("wall_time_s", "compute_time_s", "seconds_per_epoch", "peak_memory_bytes", "epochs"):
+        v = record.get(key)
+        if v is not None and not _is_number(v):
+            return f"{where}: {key} is {v!r}, expected a number or null"
+    return None
+
+
+def _normalise(record: dict) -> dict:
+    """Fill what older or hand-made records lack (error as an object, variant as text)."""
+    if record.get("variant") is None:
+        record["variant"] = ""
+    err = record.get("error")
+    if err is not None and not isinstance(err, dict):
+        record["error"] = {"type": "error", "message": str(err)}
+    return record
+
+
+# ------------------------------------------------------------------ loading
+
+def _read(path: Path) -> tuple[object, str | None]:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read()), None
+    except FileNotFoundError:
+        return None, "absent"
+    except IsADirectoryError:
+        return None, f"{path}: is a directory, expected a JSON file"
+    except OSError as err:
+        return None, f"{path}: cannot read: {err.strerror}"
+    except (ValueError, UnicodeDecodeError) as err:
+        return None, f"{path}: bad JSON: {str(err).splitlines()[0][:80]}"
+
+
+def died_record(job: dict, state: str, run_dir: Path) -> dict:
+    """A failed record (in memory) for a job that ended without its run writing one."""
+    from harness import jobs
+
+    log = jobs.log_path(job)
+    tail = jobs.log_tail(log, 3)
+    return {"schema": SCHEMA_VERSION, "run_id": job.get("run_id", run_dir.name), "status": "failed",
+            "setup_id": job.get("setup_id"), "experiment": job.get("experiment"),
+            **{k: job.get(k) for k in ("backbone", "method", "dataset", "seed")},
+            "variant": job.get("variant") or "", "data_source": job.get("data_source", "official"),
+            "error": {"type": f"job {state}", "message": (f"job {job['job_id']} ended ({state}) without a record; "
+                      f"log {log}" + (f": {tail[-1]}" if tail else ""))}}
+
+
+def load_records(runs_dir: Path | str, ask=None) -> tuple[list[dict], list[str]]:
+    """(records, problems): every readable ``<runs_dir>/<run>/result.json``, and one line per
+    file that could not be used. With ``ask`` (``harness.jobs.scheduler_states``), run folders
+    with a finished job but no record add a failed record (one batched scheduler call)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ResultsError(f"runs directory not found: {runs_dir} (no runs yet, or a wrong --runs?)")
+    records, problems, unrecorded = [], [], []
+    with os.scandir(runs_dir) as entries:
+        names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    for name in names:
+        path = runs_dir / name / "result.json"
+        record, problem = _read(path)
+        if problem == "absent":
+            unrecorded.append(name)
+            continue
+        problem = problem or check_record(record, path)
+        if problem:
+            problems.append(problem)
+            continue
+        records.append(_normalise(record))
+    if ask is not None and unrecorded:
+        from harness import jobs, matrix
+
+        found = []
+        for name in unrecorded:
+            job, problem = matrix.read_job(runs_dir / name)
+            if problem:
+                problems.append(problem)
+            if job is not None and all(job.get(k) is not None for k in ("backbone", "method", "dataset", "seed")):
+                found.append((name, job))
+        states = ask([job for _, job in found]) if found else {}
+        for name, job in found:
+            state = states.get(str(job["job_id"]))
+            if state is not None and not jobs.is_alive(state):
+                records.append(died_record(job, state, runs_dir / name))
+    return records, problems
+
+
+def load_eval_records(evals_dir: Path | str | None) -> tuple[list[dict], list[str]]:
+    """(records, problems): every ``<evals_dir>/*.json`` written by ``run_all.py eval`` (kind
+    "eval"), and one line per file that could not be used; nothing when the folder is absent."""
+    if evals_dir is None or not Path(evals_dir).is_dir():
+        return [], []
+    records, problems = [], []
+    for path in sorted(Path(evals_dir).glob("*.json")):
+        record, problem = _read(path)
+        if problem is None:
+            metrics = record.get("metrics") if isinstance(record, dict) else None
+            ok = (isinstance(record, dict) and record.get("kind") == "eval" and isinstance(metrics, dict)
+                  and _is_number(metrics.get("acc")) and isinstance(record.get("checkpoint"), dict)
+                  and all(isinstance(record.get(k), str) for k in ("backbone", "method", "dataset", "split")))
+            problem = None if ok else (f"{path}: not an eval record (kind 'eval' with backbone, method, dataset, "
+                                       "split, checkpoint and a numeric metrics.acc)")
+        if problem:
+            problems.append(problem)
+        else:
+            records.append(record)
+    return records, problems

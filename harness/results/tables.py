@@ -1,0 +1,490 @@
+"""Records -> one row per setup -> markdown: comparable to the paper, not comparable, paired.
+
+A cell is one setup: the runs of one resolved config that differ only in their seed (the
+record's ``setup_id``), averaged over distinct seeds. Setups of one (backbone, method, dataset,
+variant) that differ in anything else are separate rows, labelled by what differs. A seed run
+twice is counted once and named in the notes.
+
+Whether a setup is comparable to the paper is computed from its records (``why_not_comparable``):
+the official split counts, a pre-trained checkpoint that loaded without skipped keys, and the
+official recipe's epochs, batch size and points. Other setups go to their own section, with the
+reasons, never beside a paper number.
+
+Two selections side by side, each labelled: honest = test accuracy at the best validation epoch
+where a validation split was carved from train, else the last epoch; legacy = best epoch on the
+test set, or for voting runs the best of the vote repeats: what every official repository reports.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from harness.results import stats
+
+DATASET_TITLES = {"scanobjectnn_obj_bg": "ScanObjectNN OBJ_BG", "scanobjectnn_obj_only": "ScanObjectNN OBJ_ONLY",
+                  "scanobjectnn_pb_t50_rs": "ScanObjectNN PB_T50_RS", "modelnet40": "ModelNet40"}
+BACKBONE_TITLES = {"point_bert": "Point-BERT", "point_mae": "Point-MAE", "point_m2ae": "Point-M2AE"}
+METHOD_TITLES = {"full": "full fine-tuning", "point_peft": "Point-PEFT", "point_peft_faithful": "Point-PEFT (faithful)"}
+VARIANT_TITLES = {"": "-", "aug": "aug"}
+GROUP = ["dataset", "backbone", "method", "variant", "data_source"]
+RECIPE = Path(__file__).resolve().parents[2] / "experiments" / "recipes" / "official.yaml"
+LABEL_SKIP = {"train.seed", "experiment", "variant", "output.runs_dir", "data.root", "data.num_workers",
+              "output.tensorboard", "output.progress", "model.allow_random_init"}
+
+
+# ------------------------------------------------------------------ comparability
+
+@functools.lru_cache(maxsize=1)
+def official_recipe() -> dict:
+    """(epochs, batch size) of experiments/recipes/official.yaml."""
+    from harness.config import load_yaml
+
+    raw = load_yaml(RECIPE)
+    return {"epochs": raw["schedule"]["epochs"], "batch_size": raw["train"]["batch_size"]}
+
+
+@functools.lru_cache(maxsize=None)
+def _official(dataset: str) -> tuple[dict | None, str | None, int | None]:
+    """(official split counts, model family, classes) of a dataset the project knows."""
+    try:
+        from harness.catalog import dataset_info as catalog_info
+        from harness.data.registry import dataset_info
+        return dict(dataset_info(dataset).official_counts), catalog_info(dataset).family, dataset_info(dataset).num_classes
+    except Exception:  # noqa: BLE001 - an unknown dataset name: nothing to compare with
+        return None, None, None
+
+
+def why_not_comparable(r: dict) -> list[str]:
+    """The reasons a done record is not comparable to the paper ([] when it is)."""
+    from models.classifier import default_npoints
+
+    reasons = []
+    cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
+    data = r.get("data") if isinstance(r.get("data"), dict) else None
+    if r["data_source"] == "synthetic":
+        reasons.append("synthetic data")
+    if (cfg.get("model") or {}).get("pretrained") is None and r.get("pretrained") is None:
+        reasons.append("random init (no pre-trained checkpoint)")
+    elif isinstance(r.get("pretrained"), dict) and r["pretrained"].get("skipped"):
+        reasons.append(f"checkpoint: {r['pretrained']['skipped']} keys not loaded (shape mismatch)")
+    counts, family, _ = _official(r["dataset"])
+    if data is None:
+        reasons.append("record has no data counts (older schema)")
+    elif counts:
+        short = []
+        for split, want in counts.items():
+            got = (data.get(split) or 0) + ((data.get("val") or 0) if split == "train" else 0)
+            if got != want:
+                short.append(f"{got:,} of {want:,} {split}")
+        if short:
+            reasons.append(f"partial data: {', '.join(short)} samples")
+    recipe = official_recipe()
+    epochs = r.get("epochs")
+    if isinstance(epochs, int) and epochs != recipe["epochs"]:
+        reasons.append(f"{epochs} of {recipe['epochs']} epochs")
+    train = cfg.get("train") or {}
+    if train.get("max_steps_per_epoch") is not None:
+        reasons.append(f"at most {train['max_steps_per_epoch']} steps per epoch")
+    if train.get("batch_size") not in (None, recipe["batch_size"]):
+        reasons.append(f"batch {train['batch_size']} (recipe {recipe['batch_size']})")
+    npoints = (cfg.get("data") or {}).get("npoints")
+    if family and npoints is not None:
+        want = default_npoints(r["backbone"], family)
+        if npoints != want:
+            reasons.append(f"{npoints} points (recipe {want})")
+    return reasons
+
+
+def baselines(r: dict) -> tuple[float | None, float | None]:
+    """(chance, majority-class accuracy) in % of the test split the run was tested on."""
+    data = r.get("data") if isinstance(r.get("data"), dict) else {}
+    counts = (data.get("class_counts") or {}).get("test") if isinstance(data.get("class_counts"), dict) else None
+    present = [c for c in counts if c] if counts else []
+    majority = 100.0 * max(present) / sum(present) if present else None
+    chance = 100.0 / len(present) if present else None
+    if chance is None:
+        n = _official(r["dataset"])[2]
+        chance = 100.0 / n if n else None
+    return chance, majority
+
+
+# ------------------------------------------------------------------ collect
+
+def _setup_id(r: dict) -> str:
+    """The record's setup id; older records: a hash of their config without the seed."""
+    if r.get("setup_id"):
+        return r["setup_id"]
+    cfg = r.get("config")
+    if isinstance(cfg, dict) and cfg:
+        tree = json.loads(json.dumps(cfg))
+        tree.get("train", {}).pop("seed", None)
+        for key in LABEL_SKIP:
+            *parents, last = key.split(".")
+            node = tree
+            for p in parents:
+                node = node.get(p, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict):
+                node.pop(last, None)
+        import hashlib
+        return "cfg-" + hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
+    return f"run-{r['run_id']}"
+
+
+def _honest(m: dict) -> tuple[float | None, str]:
+    if m.get("acc_best_val") is not None:
+        return m["acc_best_val"], "best val"
+    return m.get("acc_last"), "last"
+
+
+def _legacy(m: dict) -> tuple[float | None, str]:
+    if m.get("acc_vote") is not None:
+        return m["acc_vote"], "vote"
+    return m.get("acc_best_test"), "best test"
+
+
+COLUMNS = ["run_id", "setup_id", *GROUP, "seed", "honest", "honest_kind", "legacy", "legacy_kind",
+           "acc_last", "acc_best_test", "acc_best_val", "acc_vote", "trainable", "compute_time_s",
+           "seconds_per_epoch", "peak_memory_bytes", "gpu_hours", "chance", "majority", "reasons", "end_time"]
+
+
+def collect(records: list[dict]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """(one row per done record, setup id -> config of one of its records)."""
+    rows, configs, reason_cache = [], {}, {}
+    for r in records:
+        if r["status"] != "done":
+            continue
+        sid = _setup_id(r)
+        m = r["metrics"]
+        params = r.get("params") or {}
+        if sid not in reason_cache:
+            reason_cache[sid] = "; ".join(why_not_comparable(r))
+            configs[sid] = r.get("config") if isinstance(r.get("config"), dict) else {}
+        chance, majority = baselines(r)
+        honest, hk = _honest(m)
+        legacy, lk = _legacy(m)
+        rows.append((r["run_id"], sid, r["dataset"], r["backbone"], r["method"], r["variant"] or "",
+                     r["data_source"], r["seed"], honest, hk, legacy, lk, m.get("acc_last"),
+                     m.get("acc_best_test"), m.get("acc_best_val"), m.get("acc_vote"), params.get("trainable"),
+                     r.get("compute_time_s", r.get("wall_time_s")), r.get("seconds_per_epoch"),
+                     r.get("peak_memory_bytes"), r.get("gpu_hours"), chance, majority, reason_cache[sid],
+                     r.get("end_time") or ""))
+    df = pd.DataFrame.from_records(rows, columns=COLUMNS)
+    for col in ("honest", "legacy", "acc_last", "acc_best_test", "acc_best_val", "acc_vote", "trainable",
+                "compute_time_s", "seconds_per_epoch", "peak_memory_bytes", "gpu_hours", "chance", "majority"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df, configs
+
+
+def _flatten(tree, prefix="") -> dict:
+    out = {}
+    for k, v in (tree or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+    return out
+
+
+def setup_labels(setups: pd.DataFrame, configs: dict[str, dict]) -> dict[str, str]:
+    """Per setup: what differs from the other setups of its (dataset, backbone, method, variant,
+    data source), as 'key=value, ...' ('' when it is the only one)."""
+    labels = {}
+    for _, group in setups.groupby(GROUP, sort=False):
+        ids = list(group.setup_id)
+        if len(ids) == 1:
+            labels[ids[0]] = ""
+            continue
+        flat = {sid: _flatten(configs.get(sid)) for sid in ids}
+        keys = sorted({k for f in flat.values() for k in f} - LABEL_SKIP)
+        differ = [k for k in keys if len({repr(flat[s].get(k)) for s in ids}) > 1]
+        for sid in ids:
+            parts = [f"{k.split('.', 1)[-1] if k.startswith(('data.', 'train.')) else k}={flat[sid].get(k)}"
+                     for k in differ[:3]]
+            more = f" (+{len(differ) - 3} more)" if len(differ) > 3 else ""
+            labels[sid] = (", ".join(parts) + more) if parts else f"setup {sid[:8]}"
+    return labels
+
+
+def summarize(df: pd.DataFrame, configs: dict[str, dict], failed: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per setup: n distinct seeds, honest / legacy mean ± std, costs; and the notes
+    (duplicate seeds)."""
+    notes = []
+    df = df.sort_values(["setup_id", "seed", "end_time"], kind="stable")
+    dup = df.duplicated(["setup_id", "seed"], keep="first")
+    if dup.any():
+        for (sid, seed), g in df[df.duplicated(["setup_id", "seed"], keep=False)].groupby(["setup_id", "seed"]):
+            notes.append(f"error: setup {sid[:8]} has {len(g)} runs of seed {seed} ({', '.join(g.run_id)}); "
+                         f"counted once ({g.run_id.iloc[0]})")
+    uniq = df[~dup]
+    agg = uniq.groupby("setup_id", sort=False).agg(
+        **{c: (c, "first") for c in GROUP}, n=("seed", "nunique"), seeds=("seed", lambda s: ",".join(map(str, sorted(s)))),
+        honest_mean=("honest", "mean"), honest_std=("honest", "std"), honest_n=("honest", "count"),
+        honest_kind=("honest_kind", "first"),
+        legacy_mean=("legacy", "mean"), legacy_std=("legacy", "std"), legacy_n=("legacy", "count"),
+        legacy_kind=("legacy_kind", "first"),
+        trainable_M=("trainable", "mean"), compute_h=("compute_time_s", "sum"), gpu_hours=("gpu_hours", "sum"),
+        seconds_per_epoch=("seconds_per_epoch", "mean"), peak_memory_GB=("peak_memory_bytes", "max"),
+        chance=("chance", "first"), majority=("majority", "first"), reasons=("reasons", "first"),
+    ).reset_index()
+    agg["trainable_M"] /= 1e6
+    agg["compute_h"] /= 3600
+    agg["peak_memory_GB"] /= 1e9
+    agg["comparable"] = agg.reasons == ""
+    fail_counts: dict[str, int] = {}
+    for r in failed:
+        key = r.get("setup_id") or ""
+        fail_counts[key] = fail_counts.get(key, 0) + 1
+    agg["n_failed"] = agg.setup_id.map(lambda s: fail_counts.get(s, 0)).astype(int)
+    agg["label"] = agg.setup_id.map(setup_labels(agg, configs)) if len(agg) else []
+    return agg.sort_values(GROUP + ["label"], key=_order_key, kind="stable").reset_index(drop=True), notes
+
+
+def _order_key(col: pd.Series) -> pd.Series:
+    known = {"backbone": list(BACKBONE_TITLES), "method": list(METHOD_TITLES),
+             "dataset": list(DATASET_TITLES), "variant": ["", "aug"], "data_source": ["official", "synthetic"]}
+    order = known.get(col.name)
+    if not order:
+        return col
+    return col.map(lambda v: f"{order.index(v):03d}" if v in order else f"999{v}")
+
+
+# ------------------------------------------------------------------ paired statistics
+
+def paired(df: pd.DataFrame, setups: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, backbone, variant, data source, comparable) and each PEFT x full setup
+    pair: per-seed differences (PEFT - full), their mean and 95% t interval, for both selections."""
+    rows = []
+    if setups.empty:
+        return pd.DataFrame(rows)
+    comparable = dict(zip(setups.setup_id, setups.comparable))
+    labels = dict(zip(setups.setup_id, setups.label))
+    uniq = df.drop_duplicates(["setup_id", "seed"])
+    by_setup = {sid: {sel: dict(zip(g.seed, g[sel])) for sel in ("honest", "legacy")}
+                for sid, g in uniq.groupby("setup_id", sort=False)}
+    keys = ["dataset", "backbone", "variant", "data_source"]
+    for key, group in setups.groupby(keys, sort=False):
+        fulls = group[group.method == "full"].setup_id
+        pefts = group[group.method != "full"]
+        for p in pefts.itertuples():
+            for f in fulls:
+                if comparable[p.setup_id] != comparable[f]:
+                    continue
+                a, b = by_setup[p.setup_id], by_setup[f]
+                seeds = sorted(set(a["honest"]) & set(b["honest"]))
+                if not seeds:
+                    continue
+                row = dict(zip(keys, key), method=p.method, peft_setup=p.setup_id, full_setup=f,
+                           label=" / ".join(x for x in (labels[p.setup_id], labels[f]) if x),
+                           comparable=comparable[f], seeds=",".join(map(str, seeds)), n=len(seeds))
+                for sel in ("honest", "legacy"):
+                    diffs = [float(a[sel][s] - b[sel][s]) for s in seeds
+                             if pd.notna(a[sel][s]) and pd.notna(b[sel][s])]
+                    if diffs:
+                        mean, low, high = stats.paired_interval(diffs)
+                        row.update({f"{sel}_mean": mean, f"{sel}_low": low, f"{sel}_high": high,
+                                    f"{sel}_verdict": stats.verdict(low, high)})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ markdown
+
+def _f(v, fmt="{:.2f}") -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def acc_cell(mean, std, n, kind: str = "") -> str:
+    """'mean ± std (n=k)'; no std for n=1; 'no value' when no run has this accuracy."""
+    if not n:
+        return "no value"
+    tag = f", {kind}" if kind and kind not in ("last", "best test") else ""
+    if n == 1:
+        return f"{mean:.2f} (n=1{tag})"
+    return f"{mean:.2f} ± {std:.2f} (n={n}{tag})"
+
+
+def _cost(r) -> list[str]:
+    return [_f(r.trainable_M), _f(r.compute_h, "{:.3f}"), _f(r.seconds_per_epoch, "{:.1f}"), _f(r.peak_memory_GB)]
+
+
+COST_HEADERS = ["trainable (M)", "compute (h)", "s/epoch", "peak mem. (GB)"]
+
+
+def _paper_cells(ref_rows: pd.DataFrame, notes: list[str]) -> tuple[str, str]:
+    if ref_rows.empty:
+        return "not reported", "not reported"
+    accs, params = [], []
+    for r in ref_rows.itertuples():
+        if r.source not in notes:
+            notes.append(r.source)
+        mark = f" [{notes.index(r.source) + 1}]"
+        accs.append(f"{r.accuracy or 'not reported'}{' (vote)' if r.voting == 'yes' else ''}{mark}")
+        params.append(r.trainable_params_M or "not reported")
+    return "; ".join(accs), "; ".join(dict.fromkeys(params))
+
+
+def comparable_table(dataset: str, setups: pd.DataFrame, reference: pd.DataFrame) -> str:
+    meas = setups[(setups.dataset == dataset) & setups.comparable]
+    ref = reference[reference.dataset == dataset]
+    keys = {(b, m, "") for b in BACKBONE_TITLES for m in ("full", "point_peft")}
+    keys |= set(ref[["backbone", "method", "variant"]].itertuples(index=False, name=None))
+    keys |= set(meas[["backbone", "method", "variant"]].itertuples(index=False, name=None))
+    frame = pd.DataFrame(sorted(keys), columns=["backbone", "method", "variant"])
+    order = frame.sort_values(["backbone", "method", "variant"], key=_order_key, kind="stable")
+    notes: list[str] = []
+    rows = []
+    for b, m, v in order.itertuples(index=False, name=None):
+        paper_acc, paper_params = _paper_cells(ref[(ref.backbone == b) & (ref.method == m) & (ref.variant == v)], notes)
+        mine = meas[(meas.backbone == b) & (meas.method == m) & (meas.variant == v)]
+        head = [BACKBONE_TITLES.get(b, b), METHOD_TITLES.get(m, m), VARIANT_TITLES.get(v, v)]
+        if mine.empty:
+            rows.append(head + ["", paper_acc, paper_params, "no run", "no run", "", "", "", ""])
+        for r in mine.itertuples():
+            rows.append(head + [r.label, paper_acc, paper_params,
+                                acc_cell(r.honest_mean, r.honest_std, r.honest_n, r.honest_kind),
+                                acc_cell(r.legacy_mean, r.legacy_std, r.legacy_n, r.legacy_kind), *_cost(r)])
+    headers = ["backbone", "method", "variant", "setup", "paper acc. (%)", "paper trainable (M)",
+               "honest acc. (%)", "legacy acc. (%)", *COST_HEADERS]
+    text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    if notes:
+        text += "\n\n" + "  \n".join(f"[{i}] {s}" for i, s in enumerate(notes, 1))
+    return text
+
+
+def non_comparable_table(setups: pd.DataFrame) -> str:
+    rows = [[DATASET_TITLES.get(r.dataset, r.dataset), BACKBONE_TITLES.get(r.backbone, r.backbone),
+             METHOD_TITLES.get(r.method, r.method), VARIANT_TITLES.get(r.variant, r.variant), r.label,
+             acc_cell(r.honest_mean, r.honest_std, r.honest_n, r.honest_kind),
+             acc_cell(r.legacy_mean, r.legacy_std, r.legacy_n, r.legacy_kind),
+             _f(r.chance), _f(r.majority), *_cost(r), r.reasons]
+            for r in setups[~setups.comparable].itertuples()]
+    headers = ["dataset", "backbone", "method", "variant", "setup", "honest acc. (%)",
+               "legacy acc. (%)", "chance (%)", "majority class (%)", *COST_HEADERS, "not comparable because"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def paired_table(pairs: pd.DataFrame) -> str:
+    def ci(r, sel):
+        mean = getattr(r, f"{sel}_mean", math.nan)
+        if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+            return "no value", ""
+        low, high = getattr(r, f"{sel}_low"), getattr(r, f"{sel}_high")
+        interval = "" if low is None or (isinstance(low, float) and math.isnan(low)) else f" [{low:+.2f}, {high:+.2f}]"
+        return f"{mean:+.2f}{interval}", getattr(r, f"{sel}_verdict")
+    rows = []
+    for r in pairs.itertuples():
+        h, hv = ci(r, "honest")
+        g, gv = ci(r, "legacy")
+        rows.append([DATASET_TITLES.get(r.dataset, r.dataset), BACKBONE_TITLES.get(r.backbone, r.backbone),
+                     METHOD_TITLES.get(r.method, r.method), VARIANT_TITLES.get(r.variant, r.variant), r.label,
+                     "yes" if r.comparable else "no", f"{r.n} ({r.seeds})", h, hv, g, gv])
+    headers = ["dataset", "backbone", "PEFT method", "variant", "setup", "comparable", "paired seeds",
+               "honest: mean diff. [95% CI]", "honest verdict", "legacy: mean diff. [95% CI]", "legacy verdict"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def failed_list(failed: list[dict], limit: int = 30) -> str:
+    rows = []
+    for r in failed[:limit]:
+        err = r.get("error") or {}
+        msg = str(err.get("message", "")).splitlines()[0][:110] if err.get("message") else ""
+        rows.append([r["run_id"], r.get("dataset"), r.get("backbone"), r.get("method"), r.get("seed"),
+                     f"{err.get('type', 'error')}: {msg}"])
+    text = tabulate(rows, headers=["run_id", "dataset", "backbone", "method", "seed", "error"],
+                    tablefmt="github", disable_numparse=True)
+    if len(failed) > limit:
+        text += f"\n\n... and {len(failed) - limit} more failed runs."
+    return text
+
+
+def dataset_baselines(dataset: str, setups: pd.DataFrame) -> str:
+    rows = setups[(setups.dataset == dataset) & setups.comparable]
+    _, _, n = _official(dataset)
+    majority = rows.majority.dropna()
+    maj = f"{majority.iloc[0]:.2f}%" if len(majority) else "shown once a comparable run recorded the test split's classes"
+    return f"Baselines on the test split: chance {100 / n:.2f}%, majority class {maj}." if n else ""
+
+
+def eval_not_comparable(r: dict) -> list[str]:
+    """Why an eval record (``run_all.py eval``) is not comparable to the paper ([] when it is)."""
+    reasons = ["synthetic data"] if r.get("data_source") == "synthetic" else []
+    if r["split"] != "test":
+        reasons.append(f"{r['split']} split")
+    want = (_official(r["dataset"])[0] or {}).get("test")
+    got = (r.get("data") or {}).get("samples")
+    if r["split"] == "test" and want and got != want:
+        reasons.append(f"partial data: {got} of {want:,} test samples")
+    return reasons
+
+
+def released_table(evals: list[dict], reference: pd.DataFrame) -> str:
+    """One row per evaluated checkpoint file, beside the paper's number when comparable."""
+    rows, notes = [], []
+    for r in sorted(evals, key=lambda e: (e["dataset"], e["backbone"], e["method"], e.get("eval_id", ""))):
+        m = r["metrics"]
+        method = "point_peft" if r["method"].startswith("point_peft") else r["method"]
+        reasons = eval_not_comparable(r)
+        ref = reference[(reference.backbone == r["backbone"]) & (reference.method == method)
+                        & (reference.dataset == r["dataset"]) & (reference.variant == (r.get("variant") or ""))]
+        paper = "not comparable: " + "; ".join(reasons) if reasons else _paper_cells(ref, notes)[0]
+        vote = f"{m['acc_vote']:.2f} ({m['votes']} votes)" if m.get("acc_vote") is not None else ""
+        majority = m.get("majority_baseline")
+        rows.append([f"{DATASET_TITLES.get(r['dataset'], r['dataset'])} ({r['split']})",
+                     BACKBONE_TITLES.get(r["backbone"], r["backbone"]), METHOD_TITLES.get(method, method),
+                     str(r["checkpoint"].get("sha256", ""))[:12], paper,
+                     f"{m['acc']:.2f} ({m.get('correct')}/{m.get('seen')})", vote,
+                     _f(majority) if majority is not None else ""])
+    headers = ["dataset (split)", "backbone", "method", "checkpoint sha256", "paper acc. (%)",
+               "measured acc. (%)", "with voting (%)", "majority class (%)"]
+    text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    if notes:
+        text += "\n\n" + "  \n".join(f"[{i}] {s}" for i, s in enumerate(notes, 1))
+    return text
+
+
+def render_markdown(setups: pd.DataFrame, pairs: pd.DataFrame, reference: pd.DataFrame, failed: list[dict],
+                    notes: list[str], n_done: int, level: int = 2, evals: list[dict] | None = None) -> str:
+    h = "#" * level
+    parts = [
+        "Each row is one setup: the runs of one resolved config (data and weights identified by content) "
+        "that differ only in their seed; mean ± sample std (ddof=1) over distinct seeds (no std for n=1). "
+        "Rows of one backbone/method/variant that differ in anything else are listed apart, labelled by what differs.",
+        "**honest**: test accuracy at the best validation epoch where a validation split was carved from train, "
+        "else the last epoch (no model selection). **legacy**: best epoch on the test set, or the best of the vote "
+        "repeats for voting runs: what the official code reports, and what the paper's numbers are.",
+        f"Generated by `python run_all.py tables` from {n_done} done and {len(failed)} failed run records; "
+        "do not edit by hand. Accuracy in %, trainable parameters in millions, compute summed over resumed segments.",
+    ]
+    datasets = list(DATASET_TITLES) + sorted((set(reference.dataset) | set(setups[setups.comparable].dataset))
+                                             - set(DATASET_TITLES))
+    for dataset in datasets:
+        parts += [f"{h} {DATASET_TITLES.get(dataset, dataset)} (comparable to the paper)",
+                  dataset_baselines(dataset, setups), comparable_table(dataset, setups, reference)]
+    if (~setups.comparable).any():
+        parts += [f"{h} Not comparable to the paper",
+                  "These setups differ from the paper's protocol (reasons in the last column): their numbers "
+                  "check the pipeline or a variation, and are never shown or plotted beside the paper's.",
+                  non_comparable_table(setups)]
+    parts += [f"{h} PEFT minus full fine-tuning, paired by seed",
+              f"Mean of the per-seed differences (percentage points) with a 95% Student-t interval. "
+              f"Verdict \"matches or beats\" only when the interval's lower end is above -{stats.TOLERANCE_PP} "
+              f"points (the tolerance: about the seed-to-seed std of these benchmarks); \"worse\" when its upper "
+              f"end is below it; else \"inconclusive\". Comparable and non-comparable setups are never paired.",
+              paired_table(pairs) if len(pairs) else "No PEFT and full fine-tuning setups with a common seed yet."]
+    if evals:
+        parts += [f"{h} Released checkpoints",
+                  "Each row is one given checkpoint file (its sha256), evaluated once by `python run_all.py eval` "
+                  "with no training and no selection by us (a released `ckpt-best.pth` is the authors' best "
+                  "epoch on the test set); the majority-class baseline is that of the same split.",
+                  released_table(evals, reference)]
+    if notes:
+        parts += [f"{h} Notes", "\n".join(f"- {n}" for n in notes)]
+    if failed:
+        parts += [f"{h} Failed runs (not counted above)", failed_list(failed)]
+    return "\n\n".join(p for p in parts if p) + "\n"
