@@ -391,3 +391,19 @@ def test_eval_from_a_config(released, tmp_path, capsys):
     record = json.loads(next((tmp_path / "evals").glob("*.json")).read_text())
     assert record["config"]["train"]["eval_batch_size"] == 2 and record["data_source"] == "synthetic"
     assert record["checkpoint"]["sha256"] == file_sha256(fine) and record["metrics"]["seen"] == 3
+
+
+def test_released_table_shows_the_paper_number_only_for_a_comparable_evaluation():
+    from harness.results import load_reference
+    from harness.results.tables import released_table
+    from conftest import REPO
+
+    reference = load_reference(REPO / "results" / "reference" / "paper.csv")
+    record = {"kind": "eval", "eval_id": "x", "backbone": "point_mae", "method": "point_peft_faithful",
+              "dataset": "scanobjectnn_pb_t50_rs", "split": "test", "variant": "", "data_source": "official",
+              "checkpoint": {"sha256": "ab" * 32}, "data": {"samples": 2882},
+              "metrics": {"acc": 85.2, "correct": 2455, "seen": 2882, "majority_baseline": 10.8}}
+    row = released_table([record], reference).splitlines()[2]
+    assert "85.5" in row and "85.20 (2455/2882)" in row and "abababababab" in row and "not comparable" not in row
+    partial = {**record, "data": {"samples": 100}}
+    assert "not comparable: partial data: 100 of 2,882" in released_table([partial], reference)
