@@ -191,7 +191,8 @@ def test_vote_and_validation_split(synth, tmp_path):
                "output.tensorboard=true")
     record = run(cfg)
     m = record["metrics"]
-    assert record["data"] == {"train": 60, "val": 20, "test": 40, "npoints": 128, "point_all": 128}
+    assert {k: record["data"][k] for k in ("train", "val", "test", "npoints", "point_all")} == \
+        {"train": 60, "val": 20, "test": 40, "npoints": 128, "point_all": 128}
     assert m["best_val_epoch"] in (0, 1) and m["acc_best_val"] is not None and m["acc_vote"] is not None
     assert (run_dir(cfg) / "best_test.pt").is_file()
     assert list((run_dir(cfg) / "tb").glob("events.out.tfevents.*"))
