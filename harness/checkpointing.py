@@ -9,33 +9,72 @@ Files are written atomically (temp file + os.replace), so a kill leaves the prev
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from harness import tempfiles
 from models.errors import CheckpointError
 
 FORMAT = 1
 
 
+def os_error_text(err: OSError) -> str:
+    """An OSError as the user should read it: "no space left on device: /runs/x/checkpoint.pt"."""
+    text = (err.strerror or str(err)).strip()
+    text = text[:1].lower() + text[1:]
+    return f"{text}: {err.filename}" if err.filename else text
+
+
+def _os_cause(err: BaseException) -> OSError | None:
+    while err is not None:
+        if isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def save_atomic(obj, path: Path | str) -> None:
-    """torch.save via a temp file in the same folder and os.replace."""
+    """torch.save via a temp file in the same folder and os.replace.
+
+    A write that fails for lack of space (or any OS reason) is an ``OSError`` naming the file
+    ("no space left on device: PATH"), not PyTorch's internal stream-writer message; the temp
+    file is removed either way.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        _save_atomic(obj, path)
+    except (OSError, RuntimeError) as err:
+        cause = _os_cause(err)
+        if cause is None and isinstance(err, RuntimeError) and _disk_full(path.parent):
+            cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    fd, tmp = tempfiles.mkstemp_for(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, tempfiles.shared_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

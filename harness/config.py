@@ -397,7 +397,7 @@ def _check(cond: bool, key: str, sources: dict, message: str) -> None:
 def _resolve(cfg: RunConfig, sources: dict) -> RunConfig:
     """Semantic checks and defaults that depend on other fields (npoints, cosine length)."""
     from harness.catalog import DATASETS
-    from models.classifier import BACKBONES, METHODS, default_npoints
+    from models.classifier import BACKBONES, METHODS, backbone_config, check_geometry, default_npoints
 
     m, d, o, s, t = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.train
     _check(m.backbone in BACKBONES, "model.backbone", sources,
@@ -412,6 +412,11 @@ def _resolve(cfg: RunConfig, sources: dict) -> RunConfig:
            "true is not supported: the backbones read xyz only")
     npoints = d.npoints if d.npoints is not None else default_npoints(m.backbone, DATASETS[d.dataset].family)
     _check(npoints > 0, "data.npoints", sources, f"must be positive, got {npoints}")
+    try:   # backbone options: types, sizes, and groups that fit the input points
+        bcfg = backbone_config(m.backbone, 1, DATASETS[d.dataset].family, **m.backbone_options)
+        check_geometry(m.backbone, bcfg, npoints)
+    except ConfigError as err:
+        raise ConfigError(f"{_where('model.backbone_options', sources)}: model.backbone_options: {err}") from None
     point_all = d.point_all
     if point_all is None:
         _check(npoints in POINT_ALL, "data.npoints", sources,

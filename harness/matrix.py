@@ -93,6 +93,14 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
     for key in ("name", "base", "axes"):
         if key not in data:
             raise _error(path, f"missing required key '{key}'")
+    from harness.launch import check_job_name   # the name becomes a job and folder name
+
+    check_job_name(data["name"], f"{path}: name")
+    if not isinstance(data["base"], str) or not data["base"]:
+        raise _error(path, f"'base' must be the path of a run config, got {data['base']!r}")
+    for key in ("set", "variants"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise _error(path, f"'{key}' must be a mapping, got {type(data[key]).__name__}")
     axes = data["axes"]
     if not isinstance(axes, dict) or not axes:
         raise _error(path, "'axes' must map axis names to lists of values")
@@ -101,13 +109,23 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
             raise _error(path, f"unknown axis 'axes.{axis}'; valid: {', '.join(AXIS_KEYS)}")
         if not isinstance(values, list) or not values:
             raise _error(path, f"'axes.{axis}' must be a non-empty list")
+        bad = [v for v in values if isinstance(v, (dict, list)) or v is None]
+        if bad:
+            raise _error(path, f"'axes.{axis}' values must be names or numbers, got {bad[0]!r}")
     variants = data.get("variants") or {}
     for value in axes.get("variant", []):
         if value not in variants:
             raise _error(path, f"variant '{value}' in axes.variant has no entry under 'variants'")
+        if variants[value] is not None and not isinstance(variants[value], dict):
+            raise _error(path, f"variants.{value} must map dotted keys to values, got {variants[value]!r}")
+    for key in ("rules", "exclude"):
+        if data.get(key) is not None and not isinstance(data[key], list):
+            raise _error(path, f"'{key}' must be a list, got {type(data[key]).__name__}")
     for i, rule in enumerate(data.get("rules") or []):
         if not isinstance(rule, dict) or set(rule) != {"when", "set"}:
             raise _error(path, f"rules[{i}] must have exactly the keys 'when' and 'set'")
+        if not isinstance(rule["set"], dict):
+            raise _error(path, f"rules[{i}].set must map dotted keys to values, got {rule['set']!r}")
         _check_cell_keys(path, f"rules[{i}].when", rule["when"], axes)
     for i, cell in enumerate(data.get("exclude") or []):
         _check_cell_keys(path, f"exclude[{i}]", cell, axes)
@@ -147,9 +165,12 @@ def parse_filters(only: list[str] | None, seeds: str | None) -> dict[str, list[s
         for part in seeds.split(","):
             lo, _, hi = part.partition("-")
             try:
-                out += [str(s) for s in range(int(lo), int(hi or lo) + 1)]
+                first, last = int(lo), int(hi or lo)
             except ValueError:
                 raise ConfigError(f"--seeds expects ranges like 0-4 or 0,2,5, got {seeds!r}") from None
+            if last < first:
+                raise ConfigError(f"--seeds: range {part!r} is empty (write the lower seed first, e.g. 0-4)")
+            out += [str(s) for s in range(first, last + 1)]
         filters["seed"] = out
     return filters
 

@@ -26,6 +26,7 @@ run repeats the uninterrupted one exactly on the CPU, whatever ``num_workers`` i
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import functools
@@ -51,10 +52,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from harness import checkpointing, distributed
+from harness import checkpointing, distributed, runlock, tempfiles
 from harness.config import (REPO, RunConfig, check_paths, config_from_dict, config_hash, resolve_path,
                             run_dir, run_id, to_dict)
 from harness.schedule import EpochLR
+from models import ops
 from models.errors import BenchError, ConfigError
 
 KILL_ENV = "PPB_DEBUG_KILL_AFTER_EPOCH"   # test hook: SIGKILL this process after that epoch's checkpoint
@@ -134,7 +136,10 @@ def error_info(err: BaseException) -> dict:
         if REPO in path.parents and "site-packages" not in path.parts:
             where = f"{path.relative_to(REPO)}:{frame.lineno}"
             break
-    message = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and err.strerror:   # e.g. "no space left on device: <file>"
+        message = checkpointing.os_error_text(err)
+    else:
+        message = str(err).strip() or type(err).__name__
     return {"type": type(err).__name__, "message": message, "where": where}
 
 
@@ -391,6 +396,7 @@ class _Run:
         self.train_samples = 0
         self.train_seconds = 0.0
         self.global_step = 0
+        self.started = False
         # compute time and peak memory over every segment of a resumed run (kept in checkpoints)
         self.segment_start = time.perf_counter()
         self.prior_compute_s, self.prior_peak, self.segments = 0.0, 0, 1
@@ -454,6 +460,9 @@ class _Run:
         if cfg.data.npoints > self.cloud_points:
             raise ConfigError(f"data.npoints: {cfg.data.npoints} is more than the {self.cloud_points} "
                               f"points per cloud of {cfg.data.dataset}")
+
+        # which FPS / kNN implementation runs (a broken CUDA extension is found and reported now)
+        self.kernels = ops.probe_kernels(self.device)
 
         # model (same init on every rank)
         seed_everything(_mix(cfg.train.seed, "init") % (1 << 31))
@@ -571,8 +580,16 @@ class _Run:
         if not self.ckpt_path.is_file():
             return 0
         state = checkpointing.load(self.ckpt_path)
+        from models.errors import CheckpointError
+        needed = ["config_hash", "epoch", "model", "partial", "scheduler", "scaler", "rng", "history",
+                  "best", "train_samples", "train_seconds", "global_step"]
+        if self.engine is None:
+            needed.append("optimizer")
+        missing = [k for k in needed if k not in state or (k == "optimizer" and not isinstance(state[k], dict))]
+        if missing:
+            raise CheckpointError(f"{self.ckpt_path}: lacks {', '.join(missing)} (written by another version "
+                                  f"or tool?); delete it (rm {self.ckpt_path}) to restart the run from epoch 0")
         if state["config_hash"] != self.hash:
-            from models.errors import CheckpointError
             raise CheckpointError(f"{self.ckpt_path}: belongs to config {state['config_hash'][:10]}, "
                                   f"not {self.hash[:10]} (delete the run folder to start over)")
         self._check_weights(state, self.ckpt_path)
@@ -748,6 +765,9 @@ class _Run:
     def fit(self) -> dict:
         cfg = self.cfg
         start_epoch = self.try_resume()
+        self.started = True   # from here on a failure is the run's (a failure record), not the input's
+        if self.info.is_main:   # a failure record of an earlier attempt: this attempt replaces it
+            (self.rdir / "result.json").unlink(missing_ok=True)
         tb = self.open_tensorboard(start_epoch)
         epochs = cfg.schedule.epochs
         try:
@@ -880,24 +900,84 @@ def check_engine(cfg: RunConfig) -> None:
                           "deepspeed, or set train.engine: ddp)")
 
 
+def check_device(device: str | None) -> None:
+    """``--device``: a torch device this machine has (one line otherwise, before any work)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r}: not a torch device; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available here (torch {torch.__version__}"
+                              f"{'' if torch.version.cuda else ', a CPU-only build'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        backend = getattr(torch, dev.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ConfigError(f"--device {device}: device type {dev.type!r} is not available here; "
+                              "expected cpu, cuda or cuda:N")
+
+
+def _main_by_env() -> bool:
+    """Rank 0 of the launch (torchrun RANK, submitit / srun SLURM_PROCID), before the group exists."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def _input_error(err: BaseException) -> BaseException:
+    """Mark a BenchError raised before training started: nothing was run, no record is written."""
+    err.nothing_run = True
+    return err
+
+
 def run(cfg: RunConfig, device: str | None = None) -> dict:
     """Train and evaluate one run; returns its result record (written to result.json on rank 0).
 
     A finished run (a done record with the same config hash) is returned without training; an
-    interrupted one resumes from its checkpoint. Any exception writes a failure record (rank 0)
-    and is re-raised.
+    interrupted one resumes from its checkpoint. Rank 0 holds the run's lock (``run.lock``) while
+    it trains, so two processes never train one run at once (``harness.runlock``). A config,
+    data or checkpoint problem found before the first epoch starts is re-raised with
+    ``nothing_run = True`` and leaves no record; any later exception writes a failure record
+    (rank 0) and is re-raised.
     """
-    check_paths(cfg)            # one-line errors before any work
-    check_engine(cfg)
-    fingerprint = check_data_identity(cfg)
+    try:                        # one-line errors before any work
+        check_paths(cfg)
+        check_engine(cfg)
+        check_device(device)
+        fingerprint = check_data_identity(cfg)
+    except BenchError as err:
+        raise _input_error(err) from None
     done = read_done_record(cfg)
     if done is not None:
         print(f"[{done['run_id']}] already done: {result_path(cfg)}", flush=True)
         return done
+    rdir = run_dir(cfg)
+    lock = runlock.RunLock(rdir, run_id(cfg)) if _main_by_env() else None
+    existed = rdir.is_dir()
+    try:
+        if lock is not None:
+            try:
+                lock.acquire()
+            except OSError as err:
+                raise _input_error(ConfigError(f"output.runs_dir: cannot create the run folder {rdir}: "
+                                               f"{checkpointing.os_error_text(err)}")) from None
+            except runlock.RunLocked as err:
+                raise _input_error(err) from None
+            tempfiles.sweep_stale(rdir, whole_folder=True)   # left by a killed earlier attempt
+        return _run_locked(cfg, device, fingerprint)
+    finally:
+        if lock is not None:
+            lock.release()
+        if not existed:   # a run that never started leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                rdir.rmdir()
+
+
+def _run_locked(cfg: RunConfig, device: str | None, fingerprint) -> dict:
     start_time, t0 = _now(), time.perf_counter()
     info = distributed.setup(device)
-    if info.is_main and result_path(cfg).is_file():
-        result_path(cfg).unlink()   # a failure record of an earlier attempt: this one replaces it
     record = _base_record(cfg, start_time)
     record["world_size"], record["device"] = info.world_size, None
     state = None
@@ -922,14 +1002,19 @@ def run(cfg: RunConfig, device: str | None = None) -> dict:
             resumed_from_epoch=getattr(state, "resumed_from", None),
             memory_bank=state.bank_info,
             finetuned=state.weight_files.get("finetuned"),
+            kernels=state.kernels,
         )
     except BaseException as err:
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             # interrupted, not failed (Ctrl-C, or submitit's exit after a preemption or timeout
             # signal): the checkpoint is there to resume from
+            distributed.teardown(info)
             raise
+        if isinstance(err, BenchError) and not (state is not None and state.started):
+            distributed.teardown(info)
+            raise _input_error(err)   # the input's fault, found before training: nothing was run
         record.update(status="failed", error=error_info(err),
-                      epochs=len(state.history) if state is not None else 0)
+                      epochs=len(state.history) if state is not None else 0, kernels=ops.kernels_used(info.device))
         _finish(record, info, t0, state)
         distributed.teardown(info)
         raise

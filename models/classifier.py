@@ -5,6 +5,8 @@ This is the one place that decides trainability: ``full`` trains everything; a P
 """
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import fields
 from typing import Any, Callable
 
@@ -80,8 +82,70 @@ def backbone_config(backbone: str, num_classes: int, family: str = "scan", **ove
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ConfigError(f"unknown {backbone} option(s) {unknown}; valid: {', '.join(sorted(valid))}")
+    hints = typing.get_type_hints(cfg_cls)
+    for key, value in overrides.items():
+        _check_option(backbone, key, value, hints[key])
     values = {**entry["presets"][family], **overrides, "num_classes": int(num_classes)}
-    return cfg_cls(**values)
+    try:
+        cfg = cfg_cls(**values)
+    except ValueError as err:   # the config's own consistency checks (e.g. M2AE level counts)
+        raise ConfigError(f"{backbone} options: {err}") from None
+    _check_sizes(backbone, cfg)
+    return cfg
+
+
+def _check_option(backbone: str, key: str, value, tp) -> None:
+    """One backbone option against its dataclass annotation: int, float, str or a tuple of them."""
+    def ok(v, t) -> bool:
+        if t is int:
+            return isinstance(v, int) and not isinstance(v, bool)
+        if t is float:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return isinstance(v, t)
+    if typing.get_origin(tp) is tuple:
+        item = typing.get_args(tp)[0]
+        good = isinstance(value, (list, tuple)) and len(value) > 0 and all(ok(v, item) for v in value)
+        expected = f"a list of {item.__name__}s"
+    else:
+        good, expected = ok(value, tp), ("a number" if tp is float else f"a {tp.__name__}")
+    if not good:
+        raise ConfigError(f"{backbone} option {key}: expected {expected}, got {value!r}")
+
+
+def _check_sizes(backbone: str, cfg) -> None:
+    """Sizes a model cannot be built or run with: non-positive counts, heads not dividing a width."""
+    def positive(name: str, values) -> None:
+        for v in (values if isinstance(values, tuple) else (values,)):
+            if v < 1:
+                raise ConfigError(f"{backbone} option {name}: must be >= 1, got {getattr(cfg, name)!r}")
+    for name in ("num_group", "group_size", "trans_dim", "depth", "num_heads", "encoder_dims",
+                 "num_groups", "group_sizes", "depths"):
+        if hasattr(cfg, name):
+            positive(name, getattr(cfg, name))
+    dims = cfg.trans_dim if hasattr(cfg, "trans_dim") else cfg.encoder_dims
+    for dim in (dims if isinstance(dims, tuple) else (dims,)):
+        if dim % cfg.num_heads:
+            raise ConfigError(f"{backbone} option num_heads: {cfg.num_heads} does not divide the "
+                              f"transformer width {dim}")
+
+
+def check_geometry(backbone: str, cfg, npoints: int) -> None:
+    """Groups and kNN sizes must fit the points they are drawn from (``npoints`` input points;
+    for Point-M2AE, level l groups the centres of level l-1)."""
+    if hasattr(cfg, "num_groups"):
+        levels = list(zip(cfg.num_groups, cfg.group_sizes))
+        sizes = [npoints, *cfg.num_groups[:-1]]
+        names = ("num_groups", "group_sizes")
+    else:
+        levels, sizes, names = [(cfg.num_group, cfg.group_size)], [npoints], ("num_group", "group_size")
+    for level, ((groups, k), available) in enumerate(zip(levels, sizes)):
+        what = "input points" if level == 0 else f"level-{level - 1} centres"
+        if groups > available:
+            raise ConfigError(f"{backbone} option {names[0]}: {groups} groups need at least {groups} "
+                              f"{what}, got {available}")
+        if k > available:
+            raise ConfigError(f"{backbone} option {names[1]}: {k} neighbours need at least {k} "
+                              f"{what}, got {available}")
 
 
 def build_model(backbone: str, num_classes: int, method: str = "full", family: str = "scan",

@@ -12,6 +12,7 @@ iterates over its sample count, as the kernel does).
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 
 import torch
@@ -24,6 +25,42 @@ try:
     from knn_cuda import KNN as _KnnCuda
 except Exception:  # noqa: BLE001
     _KnnCuda = None
+
+# Extensions that imported but failed when called: name -> the error (then the pure-PyTorch
+# path runs; a warning says so once per extension).
+_BROKEN: dict[str, str] = {}
+
+
+def _fallback(name: str, err: Exception) -> None:
+    """Disable a broken extension for this process and warn once."""
+    if name not in _BROKEN:
+        _BROKEN[name] = f"{type(err).__name__}: {err}".splitlines()[0]
+        warnings.warn(f"{name} is installed but failed on CUDA ({_BROKEN[name]}); using the pure-PyTorch "
+                      "path instead (same indices, slower)", RuntimeWarning, stacklevel=3)
+
+
+def kernels_used(device: torch.device | str | None = None) -> dict[str, str]:
+    """Which implementation FPS and kNN run on ``device``: {"fps": "pointnet2_ops" | "pytorch",
+    "knn": "knn_cuda" | "pytorch"} plus "broken": {extension: error} for extensions that
+    imported but failed (for the run record)."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    out = {"fps": "pointnet2_ops" if cuda and _pn2 is not None and "pointnet2_ops" not in _BROKEN else "pytorch",
+           "knn": "knn_cuda" if cuda and _KnnCuda is not None and "knn_cuda" not in _BROKEN else "pytorch"}
+    if _BROKEN:
+        out["broken"] = dict(_BROKEN)
+    return out
+
+
+def probe_kernels(device: torch.device | str) -> dict[str, str]:
+    """Call each importable CUDA extension once on a tiny input (a broken build is caught here,
+    with one warning, rather than mid-run); returns ``kernels_used(device)``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        pts = torch.linspace(0.1, 1.0, 192, device=device).view(1, 64, 3)   # no RNG draw
+        furthest_point_sample(pts, 8)
+        knn(pts, pts[:, :8], 4)
+    return kernels_used(device)
+
 
 # pointnet2_ops ignores points with |p|^2 <= this (a ball around the origin): they are
 # never selected and never update their distance.
@@ -155,8 +192,11 @@ def furthest_point_sample_fast(xyz: torch.Tensor, m: int) -> torch.Tensor:
 
 def furthest_point_sample(xyz: torch.Tensor, m: int) -> torch.Tensor:
     """FPS indices (B, m) int64; pointnet2_ops on CUDA when installed, else the emulation."""
-    if _pn2 is not None and xyz.is_cuda:
-        return _pn2.furthest_point_sample(xyz.float().contiguous(), m).long()
+    if _pn2 is not None and xyz.is_cuda and "pointnet2_ops" not in _BROKEN:
+        try:
+            return _pn2.furthest_point_sample(xyz.float().contiguous(), m).long()
+        except Exception as err:  # noqa: BLE001 - importable but broken: fall back, warn once
+            _fallback("pointnet2_ops", err)
     return furthest_point_sample_fast(xyz, m)
 
 
@@ -227,9 +267,12 @@ def knn(ref: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     Ascending Euclidean distance, ties broken by lower reference index; a query that is a
     reference point gets itself first.
     """
-    if _KnnCuda is not None and ref.is_cuda:
-        dist, idx = _KnnCuda(k=k, transpose_mode=True)(ref.contiguous(), query.contiguous())
-        return dist, idx.long()
+    if _KnnCuda is not None and ref.is_cuda and "knn_cuda" not in _BROKEN:
+        try:
+            dist, idx = _KnnCuda(k=k, transpose_mode=True)(ref.contiguous(), query.contiguous())
+            return dist, idx.long()
+        except Exception as err:  # noqa: BLE001 - importable but broken: fall back, warn once
+            _fallback("knn_cuda", err)
     return knn_torch(ref, query, k)
 
 

@@ -11,8 +11,9 @@
 #   --cpus N          pretend the node has N CPUs (SlurmdParameters=config_overrides), so
 #   --mem-mb N        realistic requests such as cpus_per_task=10 fit on a small machine
 #
-# Environment: SLURM_PORT_BASE (default 6817) gives slurmctld, slurmd, slurmdbd and MariaDB
-# the ports BASE..BASE+3; START_TIMEOUT_S (default 60) bounds each wait.
+# Environment: SLURM_PORT_BASE gives slurmctld, slurmd, slurmdbd and MariaDB the ports
+# BASE..BASE+3 (a busy one is an error); unset, 6817..6820 are used, or the first free block of
+# 4 above them when they are taken. START_TIMEOUT_S (default 60) bounds each wait.
 #
 # On success stdout carries only `export ...` lines (also written to DIR/env.sh), so
 #     eval "$(slurm/start_cluster.sh)"
@@ -169,16 +170,31 @@ if ls "$DIR"/pids/* >/dev/null 2>&1; then
     log "found a half-running cluster in $DIR; stopping it first"
     "$HERE/stop_cluster.sh" "$DIR" >&2
 fi
-for p in "$PORT_BASE" $((PORT_BASE + 1)) $((PORT_BASE + 2)) $((PORT_BASE + 3)); do
-    if port_busy "$p"; then
-        die "port $p is in use (another cluster? stop it with stop_cluster.sh DIR, or set SLURM_PORT_BASE)"
-    fi
-done
+ports_free() {  # ports_free BASE: BASE..BASE+3 all free
+    local p
+    for p in "$1" $(($1 + 1)) $(($1 + 2)) $(($1 + 3)); do
+        if port_busy "$p"; then return 1; fi
+    done
+}
+if [ -n "${SLURM_PORT_BASE:-}" ]; then   # asked for: those ports or nothing
+    ports_free "$PORT_BASE" || die "a port of $PORT_BASE..$((PORT_BASE + 3)) is in use (another cluster? stop it with stop_cluster.sh DIR, or set another SLURM_PORT_BASE)"
+else   # default 6817.., else the first free block of 4 above it
+    base=$PORT_BASE
+    until ports_free "$base"; do
+        base=$((base + 4))
+        [ "$base" -lt $((PORT_BASE + 400)) ] || die "no 4 free ports in $PORT_BASE..$((PORT_BASE + 400))"
+    done
+    [ "$base" = "$PORT_BASE" ] || log "ports $PORT_BASE..$((PORT_BASE + 3)) are taken; using $base..$((base + 3))"
+    PORT_BASE=$base
+fi
 : >"$DIR/log/starting"  # marks a fresh start; removed below
 
 # ---------------------------------------------------------------- config
 HOST=$(hostname -s)
-NCPU=$(nproc)
+# the machine's cores: `nproc` follows OMP_NUM_THREADS (1 there gave a 1-CPU node that a
+# 2-CPU profile never fits: jobs pended forever)
+NCPU=$(python3 -c 'import os; print(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())' 2>/dev/null \
+       || grep -c '^processor' /proc/cpuinfo)
 REALMEM=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
 [ -n "$REALMEM" ] || die "could not read RealMemory from 'slurmd -C'"
 NODE_CPUS=${FAKE_CPUS:-$NCPU}

@@ -1,8 +1,9 @@
 """A real single-node SLURM test cluster for the tests (slurm/start_cluster.sh), always stopped.
 
 ``slurm_cluster()`` starts one in a folder, exports its SLURM_CONF and stops it on exit; the
-session fixture ``slurm_env`` in conftest.py shares one cluster among all SLURM tests (two
-clusters cannot run at once: they use the same ports). Exit code 3 of start_cluster.sh (not
+session fixture ``slurm_env`` in conftest.py shares one cluster among all SLURM tests
+(start_cluster.sh moves to a free block of ports when 6817.. is taken, so a cluster someone
+else runs does not make the tests fail). Exit code 3 of start_cluster.sh (not
 root, no apt, packages not installable) becomes a skip, any other failure an error.
 """
 from __future__ import annotations

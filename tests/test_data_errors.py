@@ -219,7 +219,7 @@ def test_unwritable_dataset_folder_for_the_cache(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("harness.data.modelnet40.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("harness.tempfiles.tempfile.mkstemp", refuse)
     raises_one_line("modelnet40_test_8192pts_fps.dat", "cannot write it (Permission denied)",
                     "writable dataset folder",
                     call=lambda: build_dataset("modelnet40", root, "test", progress=False))

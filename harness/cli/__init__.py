@@ -38,11 +38,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = "interrupted; re-run the same command to resume"
+
+
+def one_line(text: str) -> str:
+    """A message on one line (a newline in a user's value must not start a second line)."""
+    return " ".join(str(text).split())
+
+
+def os_error_line(err: OSError) -> str:
+    """'no space left on device: PATH', 'not a directory: PATH', ... for an OSError."""
+    from harness.checkpointing import os_error_text
+
+    return one_line(os_error_text(err))
+
+
+def run_command(func, args) -> int:
+    """Call a sub-command; user errors, OS errors and Ctrl-C become one line on stderr.
+
+    Exit status: the command's own, 2 for a BenchError (bad input: nothing was run), 1 for an
+    OSError (disk full, read-only, a file where a folder belongs ...), 130 for Ctrl-C.
+    """
+    try:
+        return int(func(args) or 0)
+    except BenchError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)

@@ -64,7 +64,10 @@ def _options(items: list[str], flag: str = "--option") -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"{flag} expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"{flag} {item!r}: the value is not valid YAML") from None
     return out
 
 
@@ -81,16 +84,22 @@ def run(args) -> int:
     from harness.data import build_dataset
     from harness.data.transforms import fps_points
     from harness.memory_bank import build_memory_bank, save_memory_bank
-    from models.classifier import BACKBONES, build_model, choose, default_npoints
+    from harness.train import check_device
+    from models.classifier import BACKBONES, backbone_config, build_model, check_geometry, choose, default_npoints
 
     choose("backbone", args.backbone, BACKBONES)
     info = dataset_info(args.dataset)
+    check_device(args.device)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    model = build_model(args.backbone, info.num_classes, method="point_peft", family=info.family,
-                        method_options=_options(args.option), pretrained=args.checkpoint,
-                        **_options(args.backbone_option, "--backbone-option"))
+    if args.npoints is not None and args.npoints < 1:
+        raise UserError(f"--npoints must be at least 1, got {args.npoints}")
     npoints = args.npoints or default_npoints(args.backbone, info.family)
+    geometry = _options(args.backbone_option, "--backbone-option")
+    check_geometry(args.backbone, backbone_config(args.backbone, info.num_classes, info.family, **geometry),
+                   npoints)
+    model = build_model(args.backbone, info.num_classes, method="point_peft", family=info.family,
+                        method_options=_options(args.option), pretrained=args.checkpoint, **geometry)
     data = build_dataset(args.dataset, args.root, args.split, permute=False)
     if len(data) and data[0][0].shape[0] < npoints:
         raise UserError(f"{args.dataset} clouds hold {data[0][0].shape[0]} points, fewer than --npoints {npoints}")

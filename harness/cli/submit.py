@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness import jobs, launch, matrix
+from harness import jobs, launch, matrix, runlock
 from harness.config import resolve_path
 from harness.results import write_bytes_atomic
 
@@ -158,14 +158,24 @@ def _wait(jobs) -> list[str]:
 
 
 def run_submit(args) -> int:
+    if args.parallel < 1:
+        raise launch.LaunchError(f"--parallel must be at least 1, got {args.parallel}")
     specs = _specs(args)
     states = matrix.run_states(specs, jobs.scheduler_states)
-    todo = [s for s, st in zip(specs, states) if st.needs_submission]
-    print(_table(specs, states, [_action(st) for st in states]))
+    owners = [runlock.holder(matrix.run_path(s)) if st.needs_submission else None for s, st in zip(specs, states)]
+    todo = [s for s, st, owner in zip(specs, states, owners) if st.needs_submission and owner is None]
+    actions = [f"skip (locked by pid {owner['pid']})" if owner else _action(st) for st, owner in zip(states, owners)]
+    print(_table(specs, states, actions))
     print(f"\n{len(specs)} runs, {len(todo)} to submit ({args.executor})")
     name = specs[0].experiment if specs else Path(args.experiment).stem
     folder = _log_folder(args, specs)
     profile = launch.load_profile(args.profile) if args.profile else None
+    if args.executor == "slurm":
+        if profile is None:
+            raise launch.LaunchError("--executor slurm needs --profile (a cluster profile YAML)")
+        launch.check_job_name(name)
+    batches = launch.chunks(todo, args.parallel if args.executor == "local"
+                            else launch.array_size(args.executor, profile) if todo else None)
     if todo and getattr(args, "preflight", True):
         missing = preflight(todo)
         kind = "warning" if args.dry_run else "error"
@@ -177,17 +187,14 @@ def run_submit(args) -> int:
             return 2
     if args.dry_run:
         if args.executor == "slurm" and todo:
-            if profile is None:
-                raise launch.LaunchError("--executor slurm needs --profile (a cluster profile YAML)")
-            print("\nsbatch script of the job array:\n")
-            print(launch.sbatch_script(profile, folder, len(todo), job_name=name))
+            sizes = [len(b) for b in batches]
+            print(f"\n{len(batches)} job array(s) of {', '.join(map(str, sizes))} job(s); sbatch script of the first:\n")
+            print(launch.sbatch_script(profile, folder, sizes[0], job_name=name))
         return 0
     if not todo:
         return 0
     print(f"job logs: {folder}/", flush=True)
     executor = launch.make_executor(args.executor, folder, profile, job_name=name)
-    batches = ([todo[i:i + args.parallel] for i in range(0, len(todo), max(1, args.parallel))]
-               if args.executor == "local" else [todo])
     errors = []
     for batch in batches:
         submitted = launch.submit([s.as_job() for s in batch], executor)

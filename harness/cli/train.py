@@ -7,6 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from harness.cli import one_line, os_error_line, run_command
 from models.errors import BenchError
 
 HELP = """\
@@ -22,8 +23,10 @@ encoder); model.finetuned, if set, is a fine-tuned file loaded strictly after it
 A run whose folder holds a checkpoint resumes from it; a finished run is not run again.
 Several processes (torchrun, or a multi-task submitit job) train one run data-parallel.
 
-Exit status: 0 done, 1 the run failed (its failure record says why), 2 a bad config or
-missing files (nothing was run).
+Exit status: 0 done, 1 the run failed (its failure record says why), 2 a bad config, bad or
+missing files, a bad --device or a run another process is training (found before training
+starts: nothing was run and no record is written), 130 interrupted (Ctrl-C: re-run the same
+command to resume from the last checkpoint).
 
 examples:
   python run_all.py train experiments/tiny.yaml --set data.root=/tmp/synth
@@ -71,15 +74,19 @@ def run(args) -> int:
     try:
         record = train.run(cfg, device=args.device)
     except BenchError as err:
-        if not train.result_path(cfg).is_file():
-            raise   # nothing was run: a config / data problem, exit 2
-        print(f"error: run {run_config.run_id(cfg)} failed: {err}\n"
-              f"failure record: {train.result_path(cfg)}", file=sys.stderr)
+        if getattr(err, "nothing_run", False):
+            raise   # a config / data problem found before training: exit 2, no record
+        print(f"error: run {run_config.run_id(cfg)} failed: {one_line(err)} "
+              f"(failure record: {train.result_path(cfg)})", file=sys.stderr)
+        return 1
+    except OSError as err:   # disk full, read-only folder ...: the record says the same
+        print(f"error: run {run_config.run_id(cfg)} failed: {os_error_line(err)} "
+              f"(failure record: {train.result_path(cfg)})", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - a bug: keep its traceback, point at the record
         traceback.print_exc()
-        print(f"error: run {run_config.run_id(cfg)} failed: {type(err).__name__}: {err}\n"
-              f"failure record: {train.result_path(cfg)}", file=sys.stderr)
+        print(f"error: run {run_config.run_id(cfg)} failed: {type(err).__name__}: {err} "
+              f"(failure record: {train.result_path(cfg)})", file=sys.stderr)
         return 1
     m = record.get("metrics") or {}
     shown = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items() if v is not None)
@@ -93,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(run, args)
 
 
 if __name__ == "__main__":

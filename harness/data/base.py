@@ -82,6 +82,10 @@ def read_h5(path: Path, keys: Sequence[str], source: str, what: str) -> dict[str
             if missing:
                 raise data_error(path, f"found keys {present}", f"key '{missing[0]}' in {what}",
                                  source)
+            not_data = [k for k in keys if not isinstance(f[k], h5py.Dataset)]
+            if not_data:
+                raise data_error(path, f"found '{not_data[0]}' as a {type(f[not_data[0]]).__name__}",
+                                 f"'{not_data[0]}' as an array dataset in {what}", source)
             return {k: f[k][()] for k in keys}
     except OSError as err:
         raise data_error(path, f"found a file h5py cannot open ({err})",
@@ -98,7 +102,19 @@ def check_points(arr: np.ndarray, path: Path, key: str, n_points: int | None, ch
         want = f"(S, {n_points if n_points is not None else 'N'}, {channels}) numbers"
         raise data_error(path, f"found '{key}' of shape {arr.shape} dtype {arr.dtype}",
                          f"'{key}' of shape {want}", source)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    check_finite(out, path, key, source)
+    return out
+
+
+def check_finite(points: np.ndarray, path: Path, key: str, source: str) -> None:
+    """NaN / inf coordinates are a DataError naming the file and the first bad sample index
+    (training would otherwise fail later with a non-finite loss and no word about the file)."""
+    finite = np.isfinite(points.reshape(points.shape[0], -1)).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise data_error(path, f"found NaN or inf in '{key}'[{int(bad[0])}] ({bad.size} sample(s) "
+                               "non-finite)", "finite coordinates", source)
 
 
 def check_labels(arr: np.ndarray, n_samples: int, num_classes: int, path: Path, key: str,
@@ -106,7 +122,7 @@ def check_labels(arr: np.ndarray, n_samples: int, num_classes: int, path: Path, 
     """Labels of shape (S,) or (S, 1), integers in [0, num_classes), returned as int64."""
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
-    if arr.shape != (n_samples,) or not np.issubdtype(arr.dtype, np.number):
+    if arr.shape != (n_samples,) or not np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_:
         raise data_error(path, f"found '{key}' of shape {arr.shape} dtype {arr.dtype}",
                          f"'{key}' of shape ({n_samples},) or ({n_samples}, 1), one per sample",
                          source)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from harness import tempfiles
 from harness.data import data_error
 from harness.data.base import PointCloudDataset, check_labels, check_split, read_names
 
@@ -80,6 +80,10 @@ def read_shape_txt(path: Path) -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[1] != 6:
         raise data_error(path, f"found an array of shape {arr.shape}",
                          f"lines of 6 comma-separated numbers {TXT_FIELDS}", SOURCE)
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if bad.size:  # np.loadtxt reads "nan" / "inf" without complaint
+        raise data_error(f"{path}:{int(bad[0]) + 1}", f"found NaN or inf on line {int(bad[0]) + 1}",
+                         "finite coordinates", SOURCE)
     return arr.astype(np.float32)
 
 
@@ -159,9 +163,10 @@ def build_cache(root: str | Path, split: str, npoints: int = 8192, seed: int = 0
                       "their FPS order was repeated to fill them")
     payload = [[p for p, _ in results], [np.array([c], dtype=np.int32) for c in labels]]
     try:  # a unique temp name, then rename: ranks building at once cannot see half a file
-        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+        fd, tmp = tempfiles.mkstemp_for(out)
         with os.fdopen(fd, "wb") as f:
             pickle.dump(payload, f)
+        os.chmod(tmp, tempfiles.shared_mode())   # other users read the dataset folder too
         os.replace(tmp, out)
     except OSError as err:
         raise data_error(out, f"cannot write it ({err.strerror})",
@@ -198,8 +203,14 @@ def read_cache(path: Path, expected_labels: np.ndarray, npoints: int, channels: 
             shape = getattr(p, "shape", type(p).__name__)
             raise data_error(path, f"found sample {i} points of shape {shape}",
                              f"({npoints}, 6) float32 xyz+normals", SOURCE)
+        if not np.isfinite(p).all():
+            raise data_error(path, f"found NaN or inf in sample {i}", "finite coordinates", SOURCE)
         out[i] = p[:, :channels]
         points[i] = None  # free as we go: the full train cache is about 2 GB
+    empty = [i for i, x in enumerate(labels) if np.size(x) != 1]
+    if empty:
+        raise data_error(path, f"found label {labels[empty[0]]!r} for sample {empty[0]}",
+                         "one int32 label per sample", SOURCE)
     got = check_labels(np.asarray([np.ravel(x)[0] for x in labels]), len(labels), NUM_CLASSES,
                        path, "labels", SOURCE)
     bad = np.flatnonzero(got != expected_labels)

@@ -13,9 +13,9 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from harness import tempfiles
 from models.errors import BenchError
 
 SCHEMA_VERSION = 2
@@ -40,8 +40,8 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
     """Write via a temp file in the same folder + os.replace: readers see old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mode = path.stat().st_mode & 0o777 if path.exists() else tempfiles.shared_mode()
+    fd, tmp = tempfiles.mkstemp_for(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

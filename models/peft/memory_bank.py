@@ -66,6 +66,9 @@ def save_memory_bank(path: str | Path, bank_dict: dict) -> Path:
         with os.fdopen(fd, "wb") as fh:
             torch.save({"format": FORMAT, "version": VERSION,
                         "bank": bank.detach().to("cpu", torch.float32).contiguous(), "meta": meta}, fh)
+        umask = os.umask(0)   # mkstemp makes 0600; a bank is shared like any file: 0666 & ~umask
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
