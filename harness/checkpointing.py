@@ -106,7 +106,11 @@ def model_state(model: nn.Module, partial: bool, buffer_names: list[str] | None 
 
 
 def load_model_state(model: nn.Module, state: dict, partial: bool, where: str) -> None:
-    """Load a (partial) state; every saved key must exist with the same shape."""
+    """Load a (partial) state; every saved key must exist with the same shape. Files written
+    before the official Point-PEFT leaf names are renamed (``models.checkpoints.LEGACY_KEYS``)."""
+    from models.checkpoints import upgrade_legacy_names
+
+    state, _ = upgrade_legacy_names(state)
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     wrong = [k for k in state if k in own and own[k].shape != state[k].shape]

@@ -47,8 +47,9 @@ class ModelConfig:
     method: str = "full"                  # "full" or a PEFT method of models.peft
     method_options: dict = field(default_factory=dict)    # passed to the method (bank_path is the harness's)
     backbone_options: dict = field(default_factory=dict)  # overrides of the backbone's config dataclass
-    pretrained: Optional[str] = None      # official checkpoint file (pre-train or fine-tune), or null
+    pretrained: Optional[str] = None      # pre-training file: backbone init and frozen query encoder
     pretrained_kind: Literal["pretrain", "finetune", "auto"] = "pretrain"
+    finetuned: Optional[str] = None       # a fine-tuned file (official or a run's), loaded after: evaluated / continued
     allow_missing: tuple[str, ...] = ()   # "head" and/or key patterns the file may lack (models.checkpoints)
     pretrained_sha256: Optional[str] = None   # filled when resolved: the file's sha256 ("missing" if absent)
     allow_random_init: bool = False       # PEFT on a random frozen backbone only when true (pipeline tests)
@@ -159,6 +160,8 @@ class RunConfig:
 # data.fingerprint and model.pretrained_sha256 (hashed) say what the data and the weights are.
 NON_RESULT_FIELDS = ("experiment", "data.root", "data.num_workers", "output.runs_dir",
                      "output.tensorboard", "output.progress", "model.allow_random_init")
+# Fields added later: left out of the hash while at their default, so earlier run ids stay.
+ADDED_FIELDS = {"model.finetuned": None}
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -539,6 +542,10 @@ def canonical_json(cfg: RunConfig) -> str:
     tree = to_dict(cfg)
     for dotted in NON_RESULT_FIELDS:
         _drop(tree, dotted)
+    for dotted, default in ADDED_FIELDS.items():
+        section, key = dotted.split(".")
+        if tree[section].get(key) == default:
+            _drop(tree, dotted)
     return json.dumps(tree, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
@@ -569,10 +576,10 @@ def check_paths(cfg: RunConfig) -> None:
     if not root.is_dir():
         raise ConfigError(f"data.root: dataset folder not found: {root} (dataset {cfg.data.dataset}"
                           f"{'; write synthetic data with `run_all.py data synth`' if cfg.data.synthetic else ''})")
-    if cfg.model.pretrained is not None:
-        ckpt = resolve_path(cfg.model.pretrained)
-        if not ckpt.is_file():
-            raise ConfigError(f"model.pretrained: checkpoint file not found: {ckpt}")
+    for key in ("pretrained", "finetuned"):
+        value = getattr(cfg.model, key)
+        if value is not None and not resolve_path(value).is_file():
+            raise ConfigError(f"model.{key}: checkpoint file not found: {resolve_path(value)}")
     bank = cfg.model.method_options.get("bank_path")
     if bank is not None and not resolve_path(bank).is_file():
         raise ConfigError(f"model.method_options.bank_path: memory bank file not found: {resolve_path(bank)}")

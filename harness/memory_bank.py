@@ -18,11 +18,21 @@ from datetime import datetime, timezone
 import torch
 from torch.utils.data import DataLoader
 
-from models.peft.point_peft.memory_bank import (MemoryBankError, check_memory_bank, load_memory_bank,
-                                     model_bank_identity, read_memory_bank, save_memory_bank)
+from models.peft.point_peft.memory_bank import (MemoryBankError, check_memory_bank, is_official,
+                                                 load_memory_bank, model_bank_identity, read_memory_bank, save_memory_bank)
 
 __all__ = ["bank_drop_last", "build_memory_bank", "save_memory_bank", "load_memory_bank", "read_memory_bank",
-           "check_memory_bank", "MemoryBankError"]
+           "check_memory_bank", "is_official", "bank_record", "MemoryBankError"]
+
+
+def bank_record(path, bank_dict: dict) -> dict:
+    """What a run / eval record says about its bank: path, file sha256, source and metadata
+    (an imported official bank: ``source: imported official file``, its sha256, shape)."""
+    from models.checkpoints import file_sha256
+
+    meta = {k: v for k, v in bank_dict["meta"].items() if k != "query"}
+    return {"path": str(path), "sha256": meta.get("sha256") or file_sha256(path),
+            "source": meta.get("source", "built by this project"), "meta": meta}
 
 
 def bank_drop_last(model) -> bool:

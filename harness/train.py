@@ -6,7 +6,8 @@ What a run does, in order (the official fine-tuning runners, which Point-PEFT re
 2. data: official train / test splits, an optional seeded validation split carved from train;
    train loader shuffled with drop_last through a DistributedSampler (also in one process, so
    the order equals across world sizes), the global batch split across ranks;
-3. model: ``build_model`` + the pretrained checkpoint; a PEFT model gets its memory bank
+3. model: ``build_model`` + the pre-training file (+ a fine-tuned file to continue from,
+   ``load_weights``); a PEFT model gets its memory bank
    (``method_options.bank_path``, else built from the train split and saved in the run dir);
 4. AdamW with the official two parameter groups, the timm cosine schedule with warm-up and
    the one-epoch lag (``harness.schedule``), L2 gradient clipping, optional label smoothing
@@ -301,31 +302,47 @@ def _build_model(cfg: RunConfig, num_classes: int, family: str):
                        method_options=options, **backbone_options)
 
 
-def _load_pretrained(cfg: RunConfig, net: nn.Module, log) -> tuple[str, dict | None]:
-    """Load the configured checkpoint; returns the identity of the frozen weights (the file's
-    sha256, or "random-init:seed=S" without a checkpoint) and what the record says about it."""
-    if cfg.model.pretrained is None:
-        log("WARNING: no pre-trained checkpoint (model.pretrained is null): the backbone starts from "
-            "random weights; this run is a pipeline check, not comparable to the paper")
-        return f"random-init:seed={cfg.train.seed}", None
+def load_weights(cfg: RunConfig, net: nn.Module, log) -> tuple[str, dict]:
+    """``model.pretrained`` (backbone init and, for Point-PEFT, the frozen query encoder, always
+    from this file), then ``model.finetuned`` (strict: every model tensor from the file; the
+    query encoder is left as the pre-training file made it).
+
+    Returns the identity of the frozen weights (the pre-training file's sha256, or
+    "random-init:seed=S") and {"pretrained" / "finetuned": {path, sha256, ...}} for the record.
+    """
     from harness.fingerprint import MISSING, weights_sha256
     from models.checkpoints import CheckpointError, load_checkpoint
 
-    path = resolve_path(cfg.model.pretrained)
-    sha = weights_sha256(path)
-    if cfg.model.pretrained_sha256 not in (None, MISSING, sha):
-        raise CheckpointError(f"model.pretrained: {path} changed since this run was configured (sha256 "
-                              f"{cfg.model.pretrained_sha256[:12]}, now {sha[:12]}): re-submit to make a new run")
-    report = load_checkpoint(net, path, cfg.model.backbone, kind=cfg.model.pretrained_kind,
-                             allow_missing=cfg.model.allow_missing)
-    log(report.summary())
-    info = {"path": str(path), "sha256": sha, "kind": cfg.model.pretrained_kind, "loaded": len(report.loaded),
-            "missing": len(report.missing), "skipped": len(report.skipped)}
-    if callable(getattr(net, "reset_query_encoder", None)):
-        # a PEFT model's frozen query encoder re-takes the just-loaded backbone weights
-        # (the path too: Point-M2AE's query norm exists only in the pre-training file)
-        net.reset_query_encoder(sha256=sha, checkpoint=str(path))
-    return sha, info
+    peft = callable(getattr(net, "reset_query_encoder", None))
+    m = cfg.model
+    if m.finetuned is not None and peft and m.pretrained is None:
+        raise ConfigError("model.finetuned: a Point-PEFT model also needs model.pretrained, the backbone's "
+                          "pre-training file (its frozen query encoder is built from that file)")
+    backbone_id, files = f"random-init:seed={cfg.train.seed}", {}
+    if m.pretrained is None:
+        log("WARNING: no pre-trained checkpoint (model.pretrained is null): the backbone starts from "
+            "random weights; this run is a pipeline check, not comparable to the paper")
+    else:
+        path = resolve_path(m.pretrained)
+        backbone_id = weights_sha256(path)
+        if m.pretrained_sha256 not in (None, MISSING, backbone_id):
+            raise CheckpointError(f"model.pretrained: {path} changed since this run was configured (sha256 "
+                                  f"{m.pretrained_sha256[:12]}, now {backbone_id[:12]}): re-submit to make a new run")
+        report = load_checkpoint(net, path, m.backbone, kind=m.pretrained_kind, allow_missing=m.allow_missing)
+        log(report.summary())
+        files["pretrained"] = {"path": str(path), "sha256": backbone_id, "kind": report.kind,
+                               "loaded": len(report.loaded), "missing": len(report.missing),
+                               "skipped": len(report.skipped)}
+        if peft:
+            net.reset_query_encoder(sha256=backbone_id, checkpoint=str(path))
+    if m.finetuned is not None:
+        path = resolve_path(m.finetuned)
+        report = load_checkpoint(net, path, m.backbone, kind="finetune", allow_missing=m.allow_missing,
+                                 base_sha256=files.get("pretrained", {}).get("sha256"))
+        log(report.summary())
+        files["finetuned"] = {"path": str(path), "sha256": weights_sha256(path), "file": report.found.describe(),
+                              "loaded": len(report.loaded)}
+    return backbone_id, files
 
 
 def _needs_bank(net: nn.Module) -> bool:
@@ -353,6 +370,8 @@ def _prepare_memory_bank(cfg: RunConfig, net: nn.Module, train_ds: Dataset, rdir
     from harness.memory_bank import (bank_drop_last, build_memory_bank, load_memory_bank, read_memory_bank,
                                      save_memory_bank)
 
+    from harness.memory_bank import bank_record
+
     given = cfg.model.method_options.get("bank_path")
     path = resolve_path(given) if given else rdir / "memory_bank.pt"
     if not given and not path.is_file():
@@ -374,9 +393,8 @@ def _prepare_memory_bank(cfg: RunConfig, net: nn.Module, train_ds: Dataset, rdir
             built["meta"]["npoints"] = cfg.data.npoints
             save_memory_bank(path, built)
         distributed.barrier(info)
-    load_memory_bank(path, net)
-    meta = read_memory_bank(path)["meta"]
-    return {"path": str(path), "meta": {k: v for k, v in meta.items() if k != "query"}}
+    load_memory_bank(path, net, expect={"dataset": cfg.data.dataset})
+    return bank_record(path, read_memory_bank(path))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -468,7 +486,7 @@ class _Run:
         # model (same init on every rank)
         seed_everything(_mix(cfg.train.seed, "init") % (1 << 31))
         net = _build_model(cfg, ds_info.num_classes, ds_info.family)
-        self.backbone_id, self.pretrained_info = _load_pretrained(cfg, net, self.log)
+        self.backbone_id, self.weight_files = load_weights(cfg, net, self.log)
         net.to(self.device)
         if cfg.train.disable_dropout:
             self.note(f"train.disable_dropout: {_disable_dropout(net)} dropout / drop-path modules off")
@@ -727,47 +745,27 @@ class _Run:
     @torch.no_grad()
     def evaluate(self, loader) -> float:
         """Accuracy (%) with deterministic FPS to npoints, no augmentation."""
-        from harness.data.transforms import fps_points
+        from harness.evaluate import accuracy_counts, percent
 
-        self.net.eval()
-        counts = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for pts, labels in loader:
-            pts = fps_points(pts.to(self.device), self.cfg.data.npoints)
-            labels = labels.to(self.device)
-            with self._autocast():
-                logits = self.net(pts)
-            counts += torch.tensor([(logits.argmax(1) == labels).sum().item(), labels.shape[0]],
-                                   dtype=torch.float64, device=self.device)
+        counts = accuracy_counts(self.net, loader, self.cfg.data.npoints, self.device, self._autocast)
         distributed.all_reduce_sum(counts, self.info)
         _set_train_mode(self.net, self.cfg)
-        return 100.0 * counts[0].item() / max(counts[1].item(), 1)
+        return percent(counts)
 
     @torch.no_grad()
     def vote(self, loader) -> float:
-        """The official voting: FPS to point_all once per batch; `votes` passes of a random
-        npoints subset (shared by the batch) + PointcloudScaleAndTranslate; logits averaged;
-        the whole pass repeated `repeats` times and the best accuracy kept."""
-        from harness.data.transforms import fps_points, random_subset, scale_and_translate
+        """The official voting (``harness.evaluate.vote_counts``), the whole pass repeated
+        `repeats` times and the best accuracy kept."""
+        from harness.evaluate import percent, vote_counts
 
         v = self.cfg.train.vote
-        self.net.eval()
         best = 0.0
         for r in range(v.repeats):
             gen = torch.Generator().manual_seed(_mix(self.cfg.train.seed, "vote", r, self.info.rank))
-            counts = torch.zeros(2, dtype=torch.float64, device=self.device)
-            for pts, labels in loader:
-                base = fps_points(pts.to(self.device), self.point_all)
-                labels = labels.to(self.device)
-                total = None
-                for _ in range(v.votes):
-                    x = scale_and_translate(random_subset(base, self.cfg.data.npoints, gen), generator=gen)
-                    with self._autocast():
-                        logits = self.net(x).float()
-                    total = logits if total is None else total + logits
-                counts += torch.tensor([(total.argmax(1) == labels).sum().item(), labels.shape[0]],
-                                       dtype=torch.float64, device=self.device)
+            counts = vote_counts(self.net, loader, self.cfg.data.npoints, self.point_all, v.votes, gen,
+                                 self.device, self._autocast)
             distributed.all_reduce_sum(counts, self.info)
-            best = max(best, 100.0 * counts[0].item() / max(counts[1].item(), 1))
+            best = max(best, percent(counts))
         _set_train_mode(self.net, self.cfg)
         return best
 
@@ -1034,12 +1032,13 @@ def _run_locked(cfg: RunConfig, device: str | None, fingerprint) -> dict:
             data={"train": state.n_train, "val": state.n_val, "test": state.n_test,
                   "npoints": cfg.data.npoints, "point_all": state.point_all, "fingerprint": fingerprint,
                   "num_classes": len(state.class_counts["test"]), "class_counts": state.class_counts},
-            pretrained=state.pretrained_info,
+            pretrained=state.weight_files.get("pretrained"),
             seconds_per_epoch=(sum(r["epoch_time_s"] for r in state.history) / len(state.history)
                                if state.history else None),
             amp=state.amp,
             resumed_from_epoch=getattr(state, "resumed_from", None),
             memory_bank=state.bank_info,
+            finetuned=state.weight_files.get("finetuned"),
             kernels=state.kernels,
         )
     except BaseException as err:

@@ -558,7 +558,7 @@ def test_dead_writers_temp_files_are_swept(tmp_path):
 
 def test_shared_files_follow_the_umask(tmp_path, mn40_root):
     from harness.data import modelnet40
-    from models.peft.memory_bank import save_memory_bank
+    from models.peft.point_peft.memory_bank import save_memory_bank
 
     import torch
 

@@ -163,10 +163,10 @@ def test_wrong_shape_is_an_error(tmp_path):
 
 def test_unexpected_key_in_a_finetuned_file_is_an_error(tmp_path):
     model = build_model("point_mae", 15)
-    path = save(tmp_path / "ckpt-best.pth", {**model.state_dict(), "adapter.weight": torch.zeros(3)})
+    path = save(tmp_path / "ckpt-best.pth", {**model.state_dict(), "extra.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(model, path, "point_mae", kind="finetune")
-    one_line_error(err, path, "not in the model", "adapter.weight")
+    one_line_error(err, path, "not in the model", "extra.weight")
 
 
 def test_other_backbones_file_is_refused_with_a_hint(tmp_path):

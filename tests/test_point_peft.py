@@ -319,7 +319,7 @@ def test_fixed_mode_knobs_can_be_switched_one_by_one():
     assert (o.mode, o.idw_distance, o.freeze_bn_stats, o.geo_indexing) == ("fixed", "expanded", False, "per_sample")
     assert [b.use_prompt for b in model.blocks.blocks][:3] == [True, True, False]
     assert [hasattr(b, "cp_adapter") for b in model.blocks.blocks][:2] == [False, True]
-    assert model.blocks.blocks[0].adapter1.up.weight.abs().sum() == 0
+    assert model.blocks.blocks[0].adapter1.ln2.weight.abs().sum() == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert model(points(2)).shape == (2, 15)

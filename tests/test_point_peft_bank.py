@@ -50,7 +50,7 @@ def test_saved_bank_loads_onto_the_model_and_mismatches_are_one_line_errors(tmp_
         load_memory_bank(path, bert)
     assert "backbone is 'point_mae', expected 'point_bert'" in str(err.value)
     assert len(str(err.value).splitlines()) == 1
-    small_dim = {"bank": torch.randn(96, 8), "meta": dict(result["meta"])}
+    small_dim = {"bank": torch.randn(96, 8), "meta": {**result["meta"], "feature_dim": 96}}
     save_memory_bank(tmp_path / "dim.pt", small_dim)
     with pytest.raises(MemoryBankError, match="feature_dim is 96, expected 384"):
         load_memory_bank(tmp_path / "dim.pt", model)
@@ -114,3 +114,80 @@ def test_bank_covers_every_training_sample_unless_faithful():
         batches = DataLoader(data, batch_size=32, shuffle=False, drop_last=bank_drop_last(model))
         meta = build_memory_bank(model, batches, progress=False)["meta"]
         assert (meta["count"], meta["left_out"], meta["drop_last"]) == (columns, 127 - columns, mode == "faithful")
+
+
+# ------------------------------------------------------------------ banks that do not belong to the run
+def _bank(model, split="train", dataset="scanobjectnn_obj_bg"):
+    return build_memory_bank(model, loader(), progress=False, dataset=dataset, split=split)
+
+
+def test_a_test_split_bank_is_refused_as_leakage(tmp_path):
+    model = small_model(bank_columns=0)
+    path = save_memory_bank(tmp_path / "test_bank.pt", _bank(model, split="test"))
+    with pytest.raises(MemoryBankError) as err:
+        load_memory_bank(path, model)
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1 and str(path) in msg and "'test' split" in msg and "leak" in msg
+    assert not model.has_memory_bank
+
+
+def test_a_bank_of_another_dataset_is_refused_by_a_run(tmp_path):
+    from harness.config import resolve
+    from harness.train import _prepare_memory_bank
+
+    model = small_model(bank_columns=0)
+    path = save_memory_bank(tmp_path / "bg.pt", _bank(model, dataset="scanobjectnn_obj_bg"))
+    cfg = resolve({}, {"model.method": "point_peft", "model.method_options.bank_path": str(path),
+                       "data.dataset": "modelnet40", "data.root": str(tmp_path), "model.allow_random_init": True})
+    with pytest.raises(MemoryBankError) as err:
+        _prepare_memory_bank(cfg, model, None, tmp_path, None, "cpu", False, print)
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1 and str(path) in msg
+    assert "dataset is 'scanobjectnn_obj_bg', expected 'modelnet40'" in msg
+    cfg = resolve({}, {"model.method": "point_peft", "model.method_options.bank_path": str(path),
+                       "data.dataset": "scanobjectnn_obj_bg", "data.root": str(tmp_path), "model.allow_random_init": True})
+    record = _prepare_memory_bank(cfg, model, None, tmp_path, None, "cpu", False, print)
+    assert record["meta"]["dataset"] == "scanobjectnn_obj_bg" and len(record["sha256"]) == 64
+
+
+@pytest.mark.parametrize("field,value,needle", [("count", 80, "count=80"), ("feature_dim", 256, "feature_dim=256")])
+def test_a_bank_whose_tensor_disagrees_with_its_metadata_is_refused(tmp_path, field, value, needle):
+    from models.peft.point_peft.memory_bank import FORMAT, VERSION
+
+    model = small_model(bank_columns=0)
+    built = build_memory_bank(model, DataLoader(TensorDataset(points(10), torch.zeros(10, dtype=torch.long)),
+                                                batch_size=10), progress=False, dataset="toy", split="train")
+    assert built["bank"].shape == (384, 10)
+    path = tmp_path / "bad.pt"
+    torch.save({"format": FORMAT, "version": VERSION, "bank": built["bank"],
+                "meta": {**built["meta"], field: value}}, path)
+    for call in (lambda: read_memory_bank(path), lambda: load_memory_bank(path, model)):
+        with pytest.raises(MemoryBankError) as err:
+            call()
+        msg = str(err.value)
+        assert len(msg.splitlines()) == 1 and str(path) in msg and "(384, 10)" in msg and needle in msg
+    with pytest.raises(MemoryBankError, match=needle):   # and such a file is never written
+        save_memory_bank(tmp_path / "never.pt", {"bank": built["bank"], "meta": {**built["meta"], field: value}})
+    assert not (tmp_path / "never.pt").exists()
+
+
+def test_build_cache_help_promise_holds_for_a_test_split_bank(tmp_path, capsys):
+    """``build-cache --help`` says a bank of the test split is refused: build one, try it."""
+    from harness.cli import build_cache
+    from harness.data.synthetic import write_synthetic
+
+    root = write_synthetic("scanobjectnn_obj_bg", tmp_path / "data", train_per_class=1, test_per_class=2,
+                           num_classes=5)
+    parser = argparse.ArgumentParser()
+    build_cache.register(parser.add_subparsers())
+    assert "a test-split bank is refused" in parser.format_help() + build_cache.HELP + \
+        " ".join(a.help or "" for a in parser._subparsers._group_actions[0].choices["build-cache"]._actions)
+    out = tmp_path / "test_bank.pt"
+    args = parser.parse_args([
+        "build-cache", "--backbone", "point_mae", "--dataset", "scanobjectnn_obj_bg", "--root", str(root),
+        "--split", "test", "--out", str(out), "--batch-size", "5", "--npoints", "256", "--no-progress",
+        "--backbone-option", "num_group=16", "--backbone-option", "group_size=8",
+        "--option", "query_num_group=8", "--option", "query_group_size=8"])
+    assert args.func(args) == 0
+    with pytest.raises(MemoryBankError, match="'test' split"):
+        load_memory_bank(out, small_model(bank_columns=0))

@@ -13,7 +13,7 @@ import sys
 from models.errors import BenchError
 
 # Order is the order shown in --help.
-COMMANDS = ["demo", "params", "data", "build_cache", "train", "submit", "tables", "zoo_tables", "bench"]
+COMMANDS = ["demo", "params", "data", "build_cache", "train", "eval", "ckpt", "submit", "tables", "zoo_tables", "bench"]
 
 DESCRIPTION = """\
 Point-PEFT Bench: reproduce and benchmark parameter-efficient fine-tuning (Point-PEFT)

@@ -16,7 +16,10 @@ model's input size by FPS (as the official evaluation input is), in batches of -
 Every sample gets a column; only with --option mode=faithful is the last incomplete batch
 dropped, as the official bank (11392 = 356 x 32 of PB_T50_RS's 11416) suggests. The file
 records backbone, checkpoint sha256, query settings, dataset, split, count, dimension and
-drop_last / left_out; loading it onto a model that differs in any of those is an error.
+drop_last / left_out; loading it onto a model that differs in any of those is an error, and so
+is loading it for a run or an evaluation on another dataset, a bank of the test split (--split
+test is for analysis only: test features in the bank would leak into every prediction), or a
+file whose tensor disagrees with its metadata.
 
 examples:
   python run_all.py build-cache --backbone point_mae --dataset scanobjectnn_pb_t50_rs \\
@@ -38,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the backbone's official pre-training checkpoint (default: random init, for tests)")
     p.add_argument("--out", metavar="PATH",
                    help="bank file to write (default: memory_banks/<backbone>-<dataset>-<checkpoint sha|random-init>.pt)")
-    p.add_argument("--split", default="train", choices=["train", "test"], help="split to read (default train)")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="split to read (default train; a test-split bank is refused by train and eval)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N",
                    help="batch size (default 32; never drops a sample unless --option mode=faithful)")
     p.add_argument("--npoints", type=int, metavar="N",

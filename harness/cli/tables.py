@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 HELP = f"""\
 Collect every results/runs/<run_id>/result.json into tables and write OUT/tables.md,
-OUT/summary.csv (one row per setup), OUT/paired.csv and OUT/plots/<dataset>.png.
+OUT/summary.csv (one row per setup), OUT/paired.csv and OUT/plots/<dataset>.png. Eval records
+of `run_all.py eval` (results/evals/*.json) get a "Released checkpoints" section: one row per
+checkpoint file, beside the paper's number where the evaluation is comparable.
 
 A row is one setup (the runs of one resolved config, data and weights identified by content,
 that differ only in their seed), mean ± std over distinct seeds. Setups that are not comparable
@@ -38,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=Path, default=ROOT / "results" / "runs", metavar="DIR",
                    help="folder of run folders (default results/runs)")
+    p.add_argument("--evals", type=Path, default=ROOT / "results" / "evals", metavar="DIR",
+                   help="folder of eval records of run_all.py eval (default results/evals)")
     p.add_argument("--out", type=Path, default=ROOT / "results", metavar="DIR",
                    help="where tables.md, summary.csv, paired.csv and plots/ go (default results)")
     p.add_argument("--reference", type=Path, default=ROOT / "results" / "reference" / "paper.csv",
@@ -56,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     start = time.perf_counter()
     outputs, t = results.build_outputs(args.runs, args.out, args.reference, readme=args.readme,
-                                       plots_=args.plots, run_plots=args.run_plots, ask=jobs.scheduler_states)
+                                       plots_=args.plots, run_plots=args.run_plots, ask=jobs.scheduler_states,
+                                       evals_dir=args.evals)
     written = results.write_outputs(outputs)
     for path in written:
         print(f"wrote {path}")

@@ -20,7 +20,9 @@ and memory_bank.pt for a Point-PEFT run that builds one. Progress (one line per 
 
 The config is YAML with `_base_` inheritance (see experiments/recipes/); --set overrides any
 dotted key with a YAML value. Relative paths in the config (data.root, model.pretrained,
-output.runs_dir ...) are taken under the project root; --runs-dir is taken as given.
+model.finetuned, output.runs_dir ...) are taken under the project root; --runs-dir is taken as
+given. model.pretrained is the backbone's pre-training file (for Point-PEFT also the frozen query
+encoder); model.finetuned, if set, is a fine-tuned file loaded strictly after it, to continue from.
 A run whose folder holds a checkpoint resumes from it; a finished run is not run again.
 Several processes (torchrun, or a multi-task submitit job) train one run data-parallel.
 

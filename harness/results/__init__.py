@@ -19,7 +19,8 @@ import pandas as pd
 
 from harness.results import plots, stats, tables
 from harness.results.records import (DATA_SOURCES, IDENTITY_FIELDS, RECORD_FIELDS, SCHEMA_VERSION,  # noqa: F401
-                                     ResultsError, load_records, write_bytes_atomic, write_record)
+                                     ResultsError, load_eval_records, load_records, write_bytes_atomic,
+                                     write_record)
 
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
@@ -66,10 +67,11 @@ class Tables:
     failed: list[dict]
     notes: list[str]
     problems: list[str] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)   # eval records of released / given checkpoints
 
     def markdown(self, reference: pd.DataFrame, level: int = 2) -> str:
         return tables.render_markdown(self.setups, self.pairs, reference, self.failed, self.notes,
-                                      len(self.runs), level)
+                                      len(self.runs), level, self.evals)
 
 
 def compute(records: list[dict], problems: list[str] | None = None) -> Tables:
@@ -81,15 +83,18 @@ def compute(records: list[dict], problems: list[str] | None = None) -> Tables:
 
 def build_outputs(runs_dir: Path | str, out_dir: Path | str, reference_path: Path | str,
                   readme: Path | str | None = None, plots_: bool = True, run_plots: bool = False,
-                  ask=None) -> tuple[dict[Path, bytes], Tables]:
+                  ask=None, evals_dir: Path | str | None = None) -> tuple[dict[Path, bytes], Tables]:
     """Every output file's bytes, and the computed tables; nothing is written here.
 
     ``run_plots`` adds ``plots/runs.png`` (one point per run of the non-comparable setups) and
-    ``plots/learning_curves.png`` (from each such run's metrics.csv)."""
+    ``plots/learning_curves.png`` (from each such run's metrics.csv). ``evals_dir``: eval records
+    of ``run_all.py eval``, shown in their own "Released checkpoints" section."""
     out_dir = Path(out_dir)
     records, problems = load_records(runs_dir, ask)
+    evals, eval_problems = load_eval_records(evals_dir)
     reference = load_reference(reference_path)
-    t = compute(records, problems)
+    t = compute(records, problems + eval_problems)
+    t.evals = evals
     outputs = {out_dir / "tables.md": ("# Results\n\n" + t.markdown(reference)).encode(),
                out_dir / "summary.csv": t.setups.to_csv(index=False, lineterminator="\n").encode()}
     if len(t.pairs):

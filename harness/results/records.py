@@ -224,3 +224,25 @@ def load_records(runs_dir: Path | str, ask=None) -> tuple[list[dict], list[str]]
             if state is not None and not jobs.is_alive(state):
                 records.append(died_record(job, state, runs_dir / name))
     return records, problems
+
+
+def load_eval_records(evals_dir: Path | str | None) -> tuple[list[dict], list[str]]:
+    """(records, problems): every ``<evals_dir>/*.json`` written by ``run_all.py eval`` (kind
+    "eval"), and one line per file that could not be used; nothing when the folder is absent."""
+    if evals_dir is None or not Path(evals_dir).is_dir():
+        return [], []
+    records, problems = [], []
+    for path in sorted(Path(evals_dir).glob("*.json")):
+        record, problem = _read(path)
+        if problem is None:
+            metrics = record.get("metrics") if isinstance(record, dict) else None
+            ok = (isinstance(record, dict) and record.get("kind") == "eval" and isinstance(metrics, dict)
+                  and _is_number(metrics.get("acc")) and isinstance(record.get("checkpoint"), dict)
+                  and all(isinstance(record.get(k), str) for k in ("backbone", "method", "dataset", "split")))
+            problem = None if ok else (f"{path}: not an eval record (kind 'eval' with backbone, method, dataset, "
+                                       "split, checkpoint and a numeric metrics.acc)")
+        if problem:
+            problems.append(problem)
+        else:
+            records.append(record)
+    return records, problems

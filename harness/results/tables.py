@@ -411,8 +411,45 @@ def dataset_baselines(dataset: str, setups: pd.DataFrame) -> str:
     return f"Baselines on the test split: chance {100 / n:.2f}%, majority class {maj}." if n else ""
 
 
+def eval_not_comparable(r: dict) -> list[str]:
+    """Why an eval record (``run_all.py eval``) is not comparable to the paper ([] when it is)."""
+    reasons = ["synthetic data"] if r.get("data_source") == "synthetic" else []
+    if r["split"] != "test":
+        reasons.append(f"{r['split']} split")
+    want = (_official(r["dataset"])[0] or {}).get("test")
+    got = (r.get("data") or {}).get("samples")
+    if r["split"] == "test" and want and got != want:
+        reasons.append(f"partial data: {got} of {want:,} test samples")
+    return reasons
+
+
+def released_table(evals: list[dict], reference: pd.DataFrame) -> str:
+    """One row per evaluated checkpoint file, beside the paper's number when comparable."""
+    rows, notes = [], []
+    for r in sorted(evals, key=lambda e: (e["dataset"], e["backbone"], e["method"], e.get("eval_id", ""))):
+        m = r["metrics"]
+        method = "point_peft" if r["method"].startswith("point_peft") else r["method"]
+        reasons = eval_not_comparable(r)
+        ref = reference[(reference.backbone == r["backbone"]) & (reference.method == method)
+                        & (reference.dataset == r["dataset"]) & (reference.variant == (r.get("variant") or ""))]
+        paper = "not comparable: " + "; ".join(reasons) if reasons else _paper_cells(ref, notes)[0]
+        vote = f"{m['acc_vote']:.2f} ({m['votes']} votes)" if m.get("acc_vote") is not None else ""
+        majority = m.get("majority_baseline")
+        rows.append([f"{DATASET_TITLES.get(r['dataset'], r['dataset'])} ({r['split']})",
+                     BACKBONE_TITLES.get(r["backbone"], r["backbone"]), METHOD_TITLES.get(method, method),
+                     str(r["checkpoint"].get("sha256", ""))[:12], paper,
+                     f"{m['acc']:.2f} ({m.get('correct')}/{m.get('seen')})", vote,
+                     _f(majority) if majority is not None else ""])
+    headers = ["dataset (split)", "backbone", "method", "checkpoint sha256", "paper acc. (%)",
+               "measured acc. (%)", "with voting (%)", "majority class (%)"]
+    text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    if notes:
+        text += "\n\n" + "  \n".join(f"[{i}] {s}" for i, s in enumerate(notes, 1))
+    return text
+
+
 def render_markdown(setups: pd.DataFrame, pairs: pd.DataFrame, reference: pd.DataFrame, failed: list[dict],
-                    notes: list[str], n_done: int, level: int = 2) -> str:
+                    notes: list[str], n_done: int, level: int = 2, evals: list[dict] | None = None) -> str:
     h = "#" * level
     parts = [
         "Each row is one setup: the runs of one resolved config (data and weights identified by content) "
@@ -440,6 +477,12 @@ def render_markdown(setups: pd.DataFrame, pairs: pd.DataFrame, reference: pd.Dat
               f"points (the tolerance: about the seed-to-seed std of these benchmarks); \"worse\" when its upper "
               f"end is below it; else \"inconclusive\". Comparable and non-comparable setups are never paired.",
               paired_table(pairs) if len(pairs) else "No PEFT and full fine-tuning setups with a common seed yet."]
+    if evals:
+        parts += [f"{h} Released checkpoints",
+                  "Each row is one given checkpoint file (its sha256), evaluated once by `python run_all.py eval` "
+                  "with no training and no selection by us (a released `ckpt-best.pth` is the authors' best "
+                  "epoch on the test set); the majority-class baseline is that of the same split.",
+                  released_table(evals, reference)]
     if notes:
         parts += [f"{h} Notes", "\n".join(f"- {n}" for n in notes)]
     if failed:

@@ -12,7 +12,7 @@ from torch import nn
 from models.errors import ConfigError
 from models.peft.base import Method, backbone_name
 from models.peft.point_peft.m2ae import PointPEFTM2AE
-from models.peft.point_peft.model import PointPEFT, PointPEFTTransformer, pretrain_extras
+from models.peft.point_peft.model import PointPEFT, PointPEFTTransformer
 
 KINDS = {"point_mae": "mae", "point_bert": "bert", "point_m2ae": "m2ae"}
 
@@ -22,9 +22,8 @@ def apply_point_peft(model: nn.Module, options: dict) -> PointPEFT:
     kind = KINDS[backbone_name(model)]
     peft = PointPEFTM2AE(model, options) if kind == "m2ae" else PointPEFTTransformer(model, options, kind)
     path = getattr(model, "checkpoint_path", None)
-    extras = pretrain_extras(kind, path) if path else {}
-    if extras:  # the query's final M2AE norm is only in the pre-training file
-        peft.query_encoder.reset({**peft.query_encoder.state_dict(), **extras})
+    if path:  # the query encoder from the pre-training file itself (M2AE's final norm is only there)
+        peft.reset_query_encoder(checkpoint=path)
     if peft.opts.bank_path:
         from models.peft.point_peft.memory_bank import load_memory_bank
         load_memory_bank(peft.opts.bank_path, peft)

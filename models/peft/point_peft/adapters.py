@@ -11,6 +11,11 @@ The activation is QuickGELU (x * sigmoid(1.702 x)); the dropout (0.1) is plain d
 the official name ``adapter_drop_path_rate``. Official init: xavier_uniform weights, biases
 N(0, 1e-6); ``init="zero_up"`` zeroes the up-projection instead, so the adapter starts as the
 identity (residual) or as zero (delta).
+
+Names are the official ones (``ln1`` down-projection, ``activate``, ``dropout``, ``ln2``
+up-projection; Point-PEFT ``models/adapter_super.py``), so official fine-tuned files load as
+they are. Files written before this naming (``down`` / ``up``) load through
+``models.checkpoints.LEGACY_KEYS``.
 """
 from __future__ import annotations
 
@@ -28,7 +33,10 @@ class QuickGELU(nn.Module):
 
 
 class Adapter(nn.Module):
-    """dim -> hidden -> dim bottleneck; ``residual`` adds the input back (AdapterSuper)."""
+    """dim -> hidden -> dim bottleneck; ``residual`` adds the input back (AdapterSuper).
+
+    Input and output (..., dim); parameters ``ln1`` (hidden, dim) + (hidden,), ``ln2`` (dim,
+    hidden) + (dim,)."""
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.1, residual: bool = True,
                  init: str = "xavier"):
@@ -36,19 +44,19 @@ class Adapter(nn.Module):
         if init not in INITS:
             raise ValueError(f"adapter init {init!r} is not one of {INITS}")
         self.residual = residual
-        self.down = nn.Linear(dim, hidden)
-        self.act = QuickGELU()
-        self.drop = nn.Dropout(dropout)
-        self.up = nn.Linear(hidden, dim)
-        for layer in (self.down, self.up):
+        self.ln1 = nn.Linear(dim, hidden)     # down-projection (official name)
+        self.activate = QuickGELU()
+        self.dropout = nn.Dropout(dropout)
+        self.ln2 = nn.Linear(hidden, dim)     # up-projection (official name)
+        for layer in (self.ln1, self.ln2):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.normal_(layer.bias, std=1e-6)
         if init == "zero_up":
-            nn.init.zeros_(self.up.weight)
-            nn.init.zeros_(self.up.bias)
+            nn.init.zeros_(self.ln2.weight)
+            nn.init.zeros_(self.ln2.bias)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.drop(self.act(self.down(x))))
+        return self.ln2(self.dropout(self.activate(self.ln1(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.delta(x) if self.residual else self.delta(x)

@@ -6,15 +6,27 @@ Attention keeps the backbone's radius mask; the MLP branch is gated, z + ad_gate
 with a residual adapter and ad_gate starting at 0. The geometric adapter of stage l uses the
 prompt-augmented hierarchy (grouping of [prompt_cor; points]) in faithful mode, and per-sample
 geometry over [prompt_cor; centers_l] in fixed mode.
+
+Names are the official Point-PEFT M2AE model's (``M2AE/models/Point_Mask_Rev_FT_scan.py``), down
+to the leaf: ``encoders.{0,1,2}`` (Point-M2AE's ``h_encoder.token_embed``), ``pos_embeds.{0,1,2}``
+(``h_encoder.encoder_pos_embeds``), ``blocks.{s}.blocks.{j}`` (``h_encoder.encoder_blocks``) with
+``blocks.{s}.attn1`` / ``norm3``, ``norm``, ``prompt_cor``, ``cls_head_finetune``. A Point-M2AE
+pre-training file loads through ``models.checkpoints.M2AE_PEFT_NAMES``.
+
+Readout (official ``concat_f``): final LayerNorm, then concat(mean over all tokens, max over
+all tokens), 768 wide. Unlike Point-M2AE's own ScanObjectNN head, token 0 takes part in the
+max. With the ModelNet40 head (``pool="sum"``, 384 wide) it is mean + max over all tokens.
 """
 from __future__ import annotations
 
-import torch
-
 from dataclasses import replace
+
+import torch
+from torch import nn
 
 from models import ops
 from models.backbones.point_m2ae import PointM2AE
+from models.checkpoints import M2AE_PEFT_NAMES
 from models.errors import ConfigError
 from models.peft.point_peft.frozen_stem import encode_patches
 from models.peft.point_peft.geometric_adapter import group_indices, idw_weights, make_geometry
@@ -24,7 +36,9 @@ from models.peft.point_peft.query_encoder import M2AEQueryEncoder
 
 
 class PointPEFTM2AE(PointPEFT):
-    """Point-PEFT around a ``PointM2AE`` classifier (names of the backbone kept)."""
+    """Point-PEFT around a ``PointM2AE`` classifier, under the official Point-PEFT names."""
+
+    checkpoint_prefixes = M2AE_PEFT_NAMES   # a Point-M2AE pre-training file's names -> ours
 
     def __init__(self, backbone: PointM2AE, options: dict | None = None):
         super().__init__()
@@ -52,16 +66,17 @@ class PointPEFTM2AE(PointPEFT):
         self.checkpoint_sha256 = getattr(backbone, "checkpoint_sha256", None)
         self._set_query_encoder(M2AEQueryEncoder(
             backbone, o.query_group_sizes, padding=o.query_padding))
-        # backbone modules under their own names; the stages become PEFT stages in place
+        # backbone modules under the official Point-PEFT names; the stages become PEFT stages
         self.group_dividers = backbone.group_dividers
-        self.h_encoder = backbone.h_encoder
+        self.encoders = backbone.h_encoder.token_embed
+        self.pos_embeds = backbone.h_encoder.encoder_pos_embeds
         prompt_set, cache_set = set(o.prompt_blocks(depth)), set(o.cache_blocks(depth))
-        for l, (enc, dim) in enumerate(zip(list(self.h_encoder.encoder_blocks), cfg.encoder_dims)):
-            self.h_encoder.encoder_blocks[l] = PEFTEncoder(
-                enc, dim, self.starts[l], o, prompt_set=prompt_set, cache_set=cache_set,
-                own_prompt_set=prompt_set, own_cache_set=cache_set,
-                own_gate=o.mlp_adapter_mode == "gated" or o.unused_params == "keep",
-                query_dim=self.query_dim)
+        self.blocks = nn.ModuleList(
+            PEFTEncoder(enc, dim, self.starts[l], o, prompt_set=prompt_set, cache_set=cache_set,
+                        own_prompt_set=prompt_set, own_cache_set=cache_set,
+                        own_gate=o.mlp_adapter_mode == "gated" or o.unused_params == "keep",
+                        query_dim=self.query_dim)
+            for l, (enc, dim) in enumerate(zip(backbone.h_encoder.encoder_blocks, cfg.encoder_dims)))
         self.norm = backbone.norm
         self.cls_head_finetune = backbone.cls_head_finetune
         self._add_prompt_coords(o, prompt_set)
@@ -69,15 +84,32 @@ class PointPEFTM2AE(PointPEFT):
         self.mark_trainable()
         self.train()
 
-    # the backbone's own steps, run on this module (same attribute names)
+    # the backbone's own steps that use no module names, run on this module
     group = PointM2AE.group
-    embed_level = PointM2AE.embed_level
     radius_mask = PointM2AE.radius_mask
-    pool = PointM2AE.pool
 
     @property
     def stages(self):
-        return self.h_encoder.encoder_blocks
+        return self.blocks
+
+    def backbone_state(self) -> dict:
+        """This model's backbone tensors under Point-M2AE's names (``h_encoder.*``), e.g. for
+        the query encoder."""
+        back = {new: old for old, new in M2AE_PEFT_NAMES}
+        out = {}
+        for key, value in self.state_dict().items():
+            prefix = next((p for p in back if key.startswith(p)), None)
+            if prefix is not None:
+                out[back[prefix] + key[len(prefix):]] = value
+        return out
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, G, C) last-stage tokens -> (B, 2C) ``concat(mean, max)`` over ALL tokens after
+        the final LayerNorm (official ``concat_f``), or (B, C) mean + max for a 384-wide head."""
+        x = self.norm(x)
+        if self.cfg.pool == "concat":
+            return torch.cat([x.mean(dim=1), x.max(dim=1).values], dim=-1)
+        return x.mean(dim=1) + x.max(dim=1).values
 
     @torch.no_grad()
     def _query_from_levels(self, pts: torch.Tensor, levels) -> torch.Tensor:
@@ -168,14 +200,14 @@ class PointPEFTM2AE(PointPEFT):
         geos = self.geometries(pts, levels)
         x = None
         for l, level in enumerate(levels):
-            stem = l == 0 and not self._stem_grad(self.h_encoder.token_embed[0])
+            stem = l == 0 and not self._stem_grad(self.encoders[0])
             with torch.set_grad_enabled(torch.is_grad_enabled() and not stem):
-                tokens = (encode_patches(self.h_encoder.token_embed[0], level.neighborhood) if l == 0
-                          else self.embed_level(l, level, x))
-            with torch.set_grad_enabled(self._stem_grad(self.h_encoder.encoder_pos_embeds[l])):
-                pos = self.h_encoder.encoder_pos_embeds[l](level.center)
+                tokens = (encode_patches(self.encoders[0], level.neighborhood) if l == 0
+                          else self.encoders[l](ops.gather_points(x, level.idx)))
+            with torch.set_grad_enabled(self._stem_grad(self.pos_embeds[l])):
+                pos = self.pos_embeds[l](level.center)
             with torch.no_grad():
                 mask_prompt, mask_plain = self.attention_masks(l, level.center)
             x = self.stages[l](tokens, pos, cache=cache, geo_prompt=geos[l][0], geo_plain=geos[l][1], n_cls=0,
                                insert_at=0, mask_prompt=mask_prompt, mask_plain=mask_plain)
-        return self.cls_head_finetune(self.pool(x))
+        return self.cls_head_finetune(self.readout(x))

@@ -1,12 +1,13 @@
 """Point-PEFT (AAAI 2024): point-prior prompt + geometry-aware adapter on a frozen backbone.
 
 ``models.peft.point_peft.apply_point_peft(backbone, options)`` (registered as method ``point_peft``) turns a Point-MAE,
-Point-BERT or Point-M2AE classifier into its Point-PEFT model. The backbone's modules are
-adopted under their own names (``encoder.*``, ``blocks.blocks.3.attn.qkv.weight``,
-``h_encoder.encoder_blocks.2.blocks.4.mlp.fc1.bias`` ...), so official checkpoints still load
-into the backbone part; the new parts carry the official Point-PEFT names
-(``prompt_embeddings``, ``prompt_cor``, ``cp_adapter``, ``adapter``, ``adapter1``, ``attn1``,
-``norm3``, ``out_transform``, ``ad_gate``) and ``param_group`` reports them as in docs/point-peft.md §7.
+Point-BERT or Point-M2AE classifier into its Point-PEFT model. Every tensor has the name of
+the official Point-PEFT model, down to the leaf, so the authors' fine-tuned files load as they
+are: the backbone parts as in Point-MAE (``encoder.*``, ``blocks.blocks.3.attn.qkv.weight``)
+or as in Point-PEFT's M2AE model (``encoders.0.*``, ``blocks.2.blocks.4.mlp.fc1.bias``; see
+``m2ae``), the new parts ``prompt_embeddings``, ``prompt_cor``, ``cp_adapter.ln1``,
+``adapter.ln2``, ``adapter1``, ``attn1``, ``norm3``, ``out_transform``, ``ad_gate``;
+``param_group`` reports them as in the official count (Point-PEFT README; docs/point-peft.md §7).
 
 What trains (docs/point-peft.md §6): the PEFT modules, the biases of attn.proj / mlp.fc1 / mlp.fc2 / norm1 /
 norm2, the final LayerNorm, cls token and position, the head. Everything else is frozen.
@@ -36,7 +37,8 @@ import torch
 from torch import nn
 
 from models import ops
-from models.errors import ConfigError
+from models.checkpoints import PEFT_PARTS
+from models.errors import CheckpointError, ConfigError
 from models.layers import Block, TransformerEncoder, trunc_normal_
 from models.peft.point_peft.adapters import Adapter
 from models.peft.point_peft.frozen_stem import encode_patches
@@ -46,9 +48,6 @@ from models.peft.point_peft.options import PointPEFTOptions, resolve_options
 from models.peft.point_peft.prompt import cache_prompt
 from models.peft.point_peft.query_encoder import TokenQueryEncoder
 
-# Names of the Point-PEFT parts (official module names), in the order of docs/point-peft.md §7's breakdown.
-PEFT_PARTS = ("adapter", "adapter1", "cp_adapter", "prompt_embeddings", "attn1", "out_transform",
-              "norm3", "prompt_cor", "ad_gate")
 # The BitFit-style subset of backbone biases the official runner trains.
 BIAS_SUBSET = ("attn.proj.bias", "mlp.fc1.bias", "mlp.fc2.bias", "norm1.bias", "norm2.bias")
 HEAD_PARTS = ("cls_head_finetune", "cls_token", "cls_pos", "norm")
@@ -227,19 +226,31 @@ class PointPEFT(nn.Module):
     def _set_query_encoder(self, encoder: nn.Module) -> None:
         object.__setattr__(self, "_query_encoder", encoder)
 
+    def backbone_state(self) -> dict:
+        """This model's backbone tensors under the backbone classifier's names."""
+        return self.state_dict()
+
     def reset_query_encoder(self, state: dict | None = None, sha256: str | None = None,
                             checkpoint: str | None = None) -> None:
-        """Re-take the query encoder's weights: from ``state`` (backbone names), else from this
-        model's current backbone tensors. Call right after loading pre-trained weights into an
-        already-built Point-PEFT model (before training changes the tuned biases / final norm).
+        """Re-take the frozen query encoder's weights (official ``cp_model``, strict).
 
-        ``checkpoint``: the pre-training file just loaded; Point-M2AE's query needs tensors the
-        fine-tune model does not hold (``h_encoder.encoder_norms.*``), read from it here.
+        ``checkpoint``: a pre-training file, read here (Point-M2AE's query needs its
+        ``h_encoder.encoder_norms.*``, which no fine-tune model holds); a fine-tuned file is a
+        ``CheckpointError``. Else ``state`` (backbone names), else this model's current backbone
+        tensors. The query encoder is never taken from a fine-tuned file, so loading one after
+        this leaves it as it is.
         """
-        state = dict(self.state_dict() if state is None else state)
         if checkpoint is not None:
-            state.update(pretrain_extras(self.kind, checkpoint))
-        self.query_encoder.reset(state)
+            from models.checkpoints import pretrain_state
+            from models.peft.point_peft.memory_bank import BACKBONE_NAMES
+            state = pretrain_state(checkpoint, BACKBONE_NAMES[self.kind])
+        elif state is None:
+            state = self.backbone_state()
+        try:
+            self.query_encoder.reset(state, strict=checkpoint is not None)
+        except KeyError as err:
+            where = f"checkpoint {checkpoint}" if checkpoint is not None else "query encoder"
+            raise CheckpointError(f"{where}: cannot build the frozen query encoder: {err.args[0]}") from None
         if sha256 is not None:
             self.checkpoint_sha256 = sha256
 
@@ -453,16 +464,3 @@ class PointPEFTTransformer(PointPEFT):
                         n_cls=1, insert_at=self.insert_at)
         x = self.norm(x)
         return self.cls_head_finetune(torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1))
-
-
-# ---------------------------------------------------------------------------------------------
-# Pre-training extras
-
-def pretrain_extras(kind: str, path: str) -> dict:
-    """Query-encoder tensors that only the pre-training file holds (Point-M2AE's
-    ``h_encoder.encoder_norms.*``; nothing for the other backbones)."""
-    if kind != "m2ae":
-        return {}
-    from models.checkpoints import read_checkpoint
-    state, _ = read_checkpoint(path)
-    return {k: v for k, v in state.items() if k.startswith("h_encoder.encoder_norms.")}

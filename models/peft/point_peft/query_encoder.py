@@ -48,13 +48,13 @@ class FrozenModule(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
-    def reset(self, state: dict) -> None:
-        """Load this encoder's tensors from a state dict that uses the backbone's names."""
+    def reset(self, state: dict, strict: bool = True) -> None:
+        """Load this encoder's tensors from a state dict that uses the backbone's names
+        (every one must be there; ``strict`` matters only for ``M2AEQueryEncoder``)."""
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         if missing:
-            raise KeyError(f"query encoder: the source state lacks {missing[:3]}"
-                           f"{' ...' if len(missing) > 3 else ''}")
+            raise KeyError(f"the source lacks {len(missing)} tensor(s) such as {missing[:3]}")
         with torch.no_grad():
             for key, value in own.items():
                 value.copy_(state[key])
@@ -163,13 +163,13 @@ class M2AEQueryEncoder(FrozenModule):
         return {"type": "m2ae", "num_groups": list(self.num_groups), "group_sizes": list(self.group_sizes),
                 "radii": list(self.radii), "pool": "mean_max", "padding": self.padding}
 
-    def reset(self, state: dict) -> None:
-        """Like ``FrozenModule.reset``; ``encoder_norms`` (absent from fine-tune models) are kept
-        when the source lacks them."""
+    def reset(self, state: dict, strict: bool = True) -> None:
+        """Like ``FrozenModule.reset``; unless ``strict`` (a pre-training file), ``encoder_norms``
+        (absent from fine-tune models) are kept when the source lacks them."""
         own = self.state_dict()
-        missing = [k for k in own if k not in state and ".encoder_norms." not in k]
+        missing = [k for k in own if k not in state and (strict or ".encoder_norms." not in k)]
         if missing:
-            raise KeyError(f"query encoder: the source state lacks {missing[:3]}")
+            raise KeyError(f"the source lacks {len(missing)} tensor(s) such as {missing[:3]}")
         with torch.no_grad():
             for key, value in own.items():
                 if key in state:
