@@ -285,26 +285,34 @@ def pretrained(shapes_set):
     torch.manual_seed(0)
     model = build_model("point_mae", 5, **NARROW)
     fit(model, x, y, epochs=6)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        for idx in torch.arange(len(x)).split(15):
-            model(x[idx])
+    settle_batchnorms(model, x)
     return {k: v for k, v in model.state_dict().items() if not k.startswith("cls_head_finetune")}
 
 
-# PointGST, PPT, GAPrompt and PointLoRA stay below 0.6 in this 24-step narrow run (0.20-0.57);
-# they learn the toy task of tests/test_zoo_methods.py. Open: why (short schedule vs their
-# non-zero-initialised branches), so these cases are expected failures until it is understood.
-SLOW_LEARNERS = {m for m in ZOO_METHODS if m.split("_faithful")[0] in ("pointgst", "ppt", "gaprompt", "pointlora")}
+def settle_batchnorms(model, x) -> None:
+    """Re-estimate the statistics of the BatchNorms in train mode (the tuned ones; all of them in
+    faithful modes) as cumulative averages over ``x`` ("precise BN"). After 24 steps at momentum
+    0.1 their running averages still lag features that the method moved quickly (PPT, GAPrompt:
+    0.28-0.38 in eval mode, 0.75 with batch statistics); a full schedule does not have this lag."""
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    with torch.no_grad():
+        for idx in torch.arange(len(x)).split(15):
+            model(x[idx])
+
+
+# pointlora_faithful keeps the official encoder BatchNorm in train mode: its running statistics
+# blend the 8-point patch groups and the 64-point scale-2 groups, so the eval logits collapse
+# to one class (0.20 here; docs/methods/pointlora.md, option encoder_batch_stats)
+BLENDED_ENCODER_BN = {"pointlora_faithful"}
 
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.xfail(
-    reason="below 0.6 after 24 narrow steps (see SLOW_LEARNERS)", strict=False)) if m in SLOW_LEARNERS else m
-    for m in ZOO_METHODS if m != "full"])  # full: test_train.py
+    reason="official encoder BatchNorm statistics blend two groupings (see BLENDED_ENCODER_BN)", strict=True))
+    if m in BLENDED_ENCODER_BN else m for m in ZOO_METHODS if m != "full"])  # full: test_train.py
 def test_learns_on_synthetic_shapes(method, shapes_set, pretrained):
     """Each method, on the pre-trained stand-in with a fresh head, learns the 5 shape classes."""
     (x, y), (xt, yt) = shapes_set
@@ -314,6 +322,7 @@ def test_learns_on_synthetic_shapes(method, shapes_set, pretrained):
     assert all(k.startswith("cls_head_finetune") for k in missing)
     model = registry.get(method).apply(backbone, dict(NARROW_OPTIONS.get(method, {})))
     fit(model, x, y, epochs=6)
+    settle_batchnorms(model, x)
     model.eval()
     with torch.no_grad():
         acc = (model(xt).argmax(1) == yt).float().mean().item()

@@ -264,10 +264,21 @@ def test_ppt_encoder_runs_once_by_default_twice_faithful():
 
 def test_pointlora_scale1_tokens_reused_by_default():
     x = cloud(2)
-    default, faithful = small("pointlora"), small("pointlora", encode_scale1_separately=True)
+    default = small("pointlora", encoder_batch_stats=True)
+    faithful = small("pointlora", encoder_batch_stats=True, encode_scale1_separately=True)
     faithful.load_state_dict(default.state_dict())
     assert _same_logits(default, faithful, x)
     assert (_bn_updates(default, x), _bn_updates(faithful, x)) == (2, 3)
+
+
+def test_pointlora_encoder_batchnorms_keep_pretrained_statistics_by_default():
+    """Default: the encoder's BatchNorms (the first one tuned) stay in eval mode, so the scale-2
+    pass cannot blend its statistics into the patch tokens'; faithful: train mode, as official."""
+    x = cloud(2)
+    default, faithful = small("pointlora"), small("pointlora", "_faithful")
+    assert default.encoder.first_conv[1].weight.requires_grad
+    assert (_bn_updates(default, x), _bn_updates(faithful, x)) == (0, 3)
+    assert not default.encoder.first_conv[1].training and faithful.encoder.first_conv[1].training
 
 
 @pytest.mark.parametrize("method", METHODS)

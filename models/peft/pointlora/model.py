@@ -25,6 +25,12 @@ Defects of the official code, one option each (``faithful`` mode reproduces them
 * ``encode_scale1_separately``: true (official) runs the patch encoder a third time for the
   scale-1 candidates, which are the patch tokens themselves (the grouping is identical), and so
   updates the encoder BatchNorm statistics 3x per step; false (default) reuses the patch tokens.
+* ``encoder_batch_stats``: true (official) leaves the encoder's BatchNorms in train mode (the
+  first one is tuned with ``first_conv``). The scale-2 pass (groups of 64 points) then feeds the
+  same running statistics as the patch grouping, so in eval the patch tokens are normalised with
+  a blend of both scales' statistics, not the ones they were trained with; on narrow groupings
+  (8 vs 64 points) the eval logits collapse to one class. false (default): the encoder's
+  BatchNorms keep the pre-trained statistics (their affine parameters still train).
 """
 from __future__ import annotations
 
@@ -59,6 +65,7 @@ class PointLoRAOptions:
     mask_term: str = ""
     score_gradient: bool | None = None
     encode_scale1_separately: bool | None = None
+    encoder_batch_stats: bool | None = None
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -66,7 +73,7 @@ class PointLoRAOptions:
         if self.mask_term not in ("",) + MASK_TERMS:
             raise ConfigError(f"pointlora option mask_term={self.mask_term!r} is invalid: expected one of "
                               f"{', '.join(MASK_TERMS)}")
-        for name in ("score_gradient", "encode_scale1_separately"):
+        for name in ("score_gradient", "encode_scale1_separately", "encoder_batch_stats"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ConfigError(f"pointlora option {name}={value!r} is invalid: expected true or false")
@@ -83,7 +90,8 @@ class PointLoRAOptions:
             self.mode, self.rank, self.hidden, tuple(self.select), self.scale2_group_size, self.mask_weight,
             self.scale2_weight, self.mask_term or ("negative_entropy" if faithful else "entropy"),
             (not faithful) if self.score_gradient is None else self.score_gradient,
-            faithful if self.encode_scale1_separately is None else self.encode_scale1_separately)
+            faithful if self.encode_scale1_separately is None else self.encode_scale1_separately,
+            faithful if self.encoder_batch_stats is None else self.encoder_batch_stats)
 
 
 def small_mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
@@ -193,10 +201,15 @@ class PointLoRA(nn.Module):
 
     def train(self, mode: bool = True):
         """Default mode: the frozen backbone's BatchNorms stay in eval mode (pre-trained
-        statistics); faithful: train mode, as every official runner leaves them."""
+        statistics); faithful: train mode, as every official runner leaves them. Unless
+        ``encoder_batch_stats``, the patch encoder's BatchNorms (tuned or not) stay in eval mode."""
         super().train(mode)
         if mode and self.opts.mode != "faithful":
             frozen_batchnorms_eval(self)
+        if mode and not self.opts.encoder_batch_stats:
+            for m in self.encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     def _select(self, tokens, center, k):
@@ -246,7 +259,7 @@ class PointLoRA(nn.Module):
     def extra_repr(self) -> str:
         o = self.opts
         return (f"rank={o.rank}, mask_term={o.mask_term!r}, score_gradient={o.score_gradient}, "
-                f"encode_scale1_separately={o.encode_scale1_separately}")
+                f"encode_scale1_separately={o.encode_scale1_separately}, encoder_batch_stats={o.encoder_batch_stats}")
 
 
 def is_tuned(name: str) -> bool:
