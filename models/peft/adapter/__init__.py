@@ -76,4 +76,4 @@ METHODS = [Method(
     paper="Chen et al., AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition, NeurIPS 2022",
     code="ShoufaChen/AdaptFormer (image); no 3D code",
     backbones={"point_mae": "port", "point_bert": "port", "point_m2ae": "port"},
-    doc="docs/methods/baselines.md")]
+    doc="docs/methods/adapter.md")]

@@ -42,4 +42,4 @@ METHODS = [Method(
     paper="Ben Zaken et al., BitFit: Simple Parameter-efficient Fine-tuning for Transformer-based Masked "
           "Language-models, ACL 2022",
     backbones={"point_mae": "port", "point_bert": "port", "point_m2ae": "port"},
-    doc="docs/methods/baselines.md")]
+    doc="docs/methods/bitfit.md")]

@@ -23,4 +23,4 @@ METHODS = [Method(
     paper="the 'only_new' filter of IDPT (Zha et al., ICCV 2023); baseline rows in GAPrompt (ICML 2025)",
     code="zyh16143998882/ICCV23-IDPT@bf152f2 (tools/builder.py L48-55)",
     backbones={"point_mae": "official", "point_bert": "port", "point_m2ae": "port"},
-    doc="docs/methods/baselines.md")]
+    doc="docs/methods/linear_probe.md")]

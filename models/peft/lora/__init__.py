@@ -88,4 +88,4 @@ METHODS = [Method(
     name="lora", display="LoRA", order=50, apply=apply_lora, definition="inferred",
     paper="Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022",
     backbones={"point_mae": "port", "point_bert": "port", "point_m2ae": "port"},
-    doc="docs/methods/baselines.md")]
+    doc="docs/methods/lora.md")]

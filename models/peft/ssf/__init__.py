@@ -39,4 +39,4 @@ METHODS = [Method(
     paper="Lian et al., Scaling & Shifting Your Features: A New Baseline for Efficient Model Tuning, NeurIPS 2022",
     code="positions from LMD0311/DAPT@41aa0bc (tfts)",
     backbones={"point_mae": "port", "point_bert": "port", "point_m2ae": "port"},
-    doc="docs/methods/baselines.md")]
+    doc="docs/methods/ssf.md")]

@@ -80,4 +80,4 @@ METHODS = [Method(
     paper="Jia et al., Visual Prompt Tuning, ECCV 2022; 3D version in IDPT's repository (ICCV 2023)",
     code="zyh16143998882/ICCV23-IDPT@bf152f2 (PointTransformerPromptDeep)",
     backbones={"point_mae": "official", "point_bert": "port", "point_m2ae": "port"},
-    doc="docs/methods/baselines.md")]
+    doc="docs/methods/vpt_deep.md")]
