@@ -126,6 +126,8 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame | None, str | None]:
 def curves_plot(curves: dict[str, pd.DataFrame], title: str) -> bytes:
     """Per run: test accuracy and training loss per epoch (two panels, one line per run)."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
     for i, (label, frame) in enumerate(curves.items()):
         style = ["-", "--", ":", "-."][i // 10 % 4]
@@ -137,6 +139,7 @@ def curves_plot(curves: dict[str, pd.DataFrame], title: str) -> bytes:
     loss.set(xlabel="epoch", ylabel="training loss")
     for ax in (acc, loss):
         ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.suptitle(title, fontsize=9)
     handles, labels = acc.get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95))
