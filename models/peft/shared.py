@@ -99,10 +99,24 @@ def adopt_stem(module: nn.Module, backbone: nn.Module) -> None:
 
 
 class FrozenBNStatsMixin:
-    """``train()`` keeps the frozen BatchNorms in eval mode when ``self.opts.freeze_bn_stats``."""
+    """``train()`` keeps the frozen BatchNorms in eval mode (their pre-trained statistics) unless
+    the method runs them as the official code does (train mode): per ``opts.freeze_bn_stats``
+    where the options have that switch, else in every mode but ``faithful``."""
+
+    def keeps_bn_stats(self) -> bool:
+        flag = getattr(self.opts, "freeze_bn_stats", None)
+        return flag if flag is not None else self.opts.mode != "faithful"
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.opts.freeze_bn_stats:
+        if mode and self.keeps_bn_stats():
             frozen_batchnorms_eval(self)
         return self
+
+
+def carry_checkpoint_identity(module: nn.Module, backbone: nn.Module) -> None:
+    """Copy the backbone's ``checkpoint_sha256`` / ``checkpoint_path`` (set by ``build_model``
+    when it loaded pre-trained weights) onto the method's model that replaces it."""
+    for attr in ("checkpoint_sha256", "checkpoint_path"):
+        if hasattr(backbone, attr):
+            setattr(module, attr, getattr(backbone, attr))

@@ -39,7 +39,7 @@ from models import ops
 from models.errors import ConfigError
 from models.layers import Group, trunc_normal_
 from models.peft.gaprompt.shift_net import ShiftNet
-from models.peft.shared import frozen_batchnorms_eval
+from models.peft.shared import FrozenBNStatsMixin, carry_checkpoint_identity
 
 MODES = ("default", "faithful")
 LAYOUTS = ("per_sample", "official")
@@ -219,7 +219,7 @@ def propagation_geometry(center: torch.Tensor, k: int = 16) -> Propagation:
     return Propagation(neighbours, centers, w / w.sum(-1, keepdim=True))
 
 
-class GAPrompt(nn.Module):
+class GAPrompt(FrozenBNStatsMixin, nn.Module):
     """(B, N, 3) points -> (B, K) logits; official names (``prompt_cor``, ``point_prompt.points``,
     ``shift_net.*``, ``shape_feature_mlp.*``, per block ``prompt_embeddings``, ``adapter.*``,
     ``out_transform.0.*``)."""
@@ -246,17 +246,7 @@ class GAPrompt(nn.Module):
         self.shift_net = ShiftNet(g, opts.perturbation)
         self.shape_feature_mlp = nn.Sequential(nn.Linear(g // 2 * 8, 16), nn.GELU(), nn.Dropout(0.25),
                                                nn.Linear(16, dim))
-        for attr in ("checkpoint_sha256", "checkpoint_path"):
-            if hasattr(backbone, attr):
-                setattr(self, attr, getattr(backbone, attr))
-
-    def train(self, mode: bool = True):
-        """Default mode: the frozen backbone's BatchNorms stay in eval mode (pre-trained
-        statistics); faithful: train mode, as every official runner leaves them."""
-        super().train(mode)
-        if mode and self.opts.mode != "faithful":
-            frozen_batchnorms_eval(self)
-        return self
+        carry_checkpoint_identity(self, backbone)
 
     def forward(self, pts: torch.Tensor) -> torch.Tensor:
         shifted, shape_vec = self.shift_net(pts)

@@ -34,7 +34,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from models.errors import ConfigError
-from models.peft.shared import frozen_batchnorms_eval
+from models.peft.shared import FrozenBNStatsMixin, carry_checkpoint_identity
 
 SCALES = ("per_sample", "batch_residual")
 TRANSFORMS = ("U_T", "U")
@@ -204,7 +204,7 @@ class GSTEncoder(nn.Module):
         return x
 
 
-class PointGST(nn.Module):
+class PointGST(FrozenBNStatsMixin, nn.Module):
     """The backbone's modules under their own names (``cls_token``, ``encoder``, ``pos_embed``,
     ``norm``, ``cls_head_finetune`` ...) with ``blocks`` replaced by the PointGST encoder.
 
@@ -223,17 +223,7 @@ class PointGST(nn.Module):
                 self.blocks = GSTEncoder(child, backbone.cfg.trans_dim, opts.rank, opts.transform)
         self.cls_token, self.cls_pos = backbone.cls_token, backbone.cls_pos
         self._embed, self._pool = type(backbone).embed, type(backbone).pool
-        for attr in ("checkpoint_sha256", "checkpoint_path"):
-            if hasattr(backbone, attr):
-                setattr(self, attr, getattr(backbone, attr))
-
-    def train(self, mode: bool = True):
-        """Default mode: the frozen backbone's BatchNorms stay in eval mode (pre-trained
-        statistics); faithful: train mode, as every official runner leaves them."""
-        super().train(mode)
-        if mode and self.opts.mode != "faithful":
-            frozen_batchnorms_eval(self)
-        return self
+        carry_checkpoint_identity(self, backbone)
 
     def forward(self, pts: torch.Tensor) -> torch.Tensor:
         x, pos, center = self._embed(self, pts)

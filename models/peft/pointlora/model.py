@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from models.errors import ConfigError
 from models.layers import Group, trunc_normal_
-from models.peft.shared import frozen_batchnorms_eval
+from models.peft.shared import FrozenBNStatsMixin, carry_checkpoint_identity
 
 MODES = ("default", "faithful")
 MASK_TERMS = ("entropy", "negative_entropy")
@@ -175,7 +175,7 @@ def mask_term(p: torch.Tensor) -> torch.Tensor:
     return (p * torch.log(p + 1e-6) + (1 - p) * torch.log(1 - p + 1e-6)).mean()
 
 
-class PointLoRA(nn.Module):
+class PointLoRA(FrozenBNStatsMixin, nn.Module):
     """(B, N, 3) points -> (B, K) logits; after a training forward ``auxiliary_loss()`` is the
     weighted mask term to add to the task loss."""
 
@@ -195,17 +195,13 @@ class PointLoRA(nn.Module):
         self.center_divider1 = Group(cfg.num_group, cfg.group_size, knn=backbone.group_divider.knn)
         self.center_divider2 = Group(cfg.num_group // 2, opts.scale2_group_size, knn=backbone.group_divider.knn)
         self._aux: torch.Tensor | None = None
-        for attr in ("checkpoint_sha256", "checkpoint_path"):
-            if hasattr(backbone, attr):
-                setattr(self, attr, getattr(backbone, attr))
+        carry_checkpoint_identity(self, backbone)
 
     def train(self, mode: bool = True):
         """Default mode: the frozen backbone's BatchNorms stay in eval mode (pre-trained
         statistics); faithful: train mode, as every official runner leaves them. Unless
         ``encoder_batch_stats``, the patch encoder's BatchNorms (tuned or not) stay in eval mode."""
-        super().train(mode)
-        if mode and self.opts.mode != "faithful":
-            frozen_batchnorms_eval(self)
+        super().train(mode)  # FrozenBNStatsMixin: frozen BatchNorms per mode
         if mode and not self.opts.encoder_batch_stats:
             for m in self.encoder.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):

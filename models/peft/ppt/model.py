@@ -30,7 +30,7 @@ from torch import nn
 
 from models.errors import ConfigError
 from models.layers import Group, trunc_normal_
-from models.peft.shared import frozen_batchnorms_eval
+from models.peft.shared import FrozenBNStatsMixin, carry_checkpoint_identity
 
 MODES = ("default", "faithful")
 
@@ -108,7 +108,7 @@ def gelu_head(head: nn.Sequential, in_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class PPT(nn.Module):
+class PPT(FrozenBNStatsMixin, nn.Module):
     """(B, N, 3) points -> (B, K) logits; Point-MAE names plus ``blocks.prompt_*_mlp``."""
 
     def __init__(self, backbone: nn.Module, opts: PPTOptions):
@@ -126,17 +126,7 @@ class PPT(nn.Module):
         self.cls_head_finetune = gelu_head(backbone.cls_head_finetune, 3 * dim)
         self.center_divider = Group(opts.prompt_num_group or cfg.num_group,
                                     opts.prompt_group_size or cfg.group_size, knn="point_bert")
-        for attr in ("checkpoint_sha256", "checkpoint_path"):
-            if hasattr(backbone, attr):
-                setattr(self, attr, getattr(backbone, attr))
-
-    def train(self, mode: bool = True):
-        """Default mode: the frozen backbone's BatchNorms stay in eval mode (pre-trained
-        statistics); faithful: train mode, as every official runner leaves them."""
-        super().train(mode)
-        if mode and self.opts.mode != "faithful":
-            frozen_batchnorms_eval(self)
-        return self
+        carry_checkpoint_identity(self, backbone)
 
     def prompt_tokens(self, pts, tokens, center):
         """The positional prompts (B, G_e, C) and their centers (B, G_e, 3)."""
