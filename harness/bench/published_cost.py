@@ -26,6 +26,7 @@ def published_ratios(path: Path = COST_CSV) -> dict[str, tuple[float, float]]:
 def ratio_rows(models: list[dict], published: dict[str, tuple[float, float]]) -> list[list[str]]:
     """One row per measured PEFT case with a full fine-tuning case of the same backbone,
     precision and batch: our step-time and peak-memory ratios, and the published ones."""
+    models = [e for e in models if not e.get("variant")]  # lever variants: the memory-lever table
     full = {(e["backbone"], e["precision"], e["batch"]): e.get("values", {}) for e in models
             if e.get("method") == "full" and e.get("status") == "ok"}
     rows = []
