@@ -61,6 +61,7 @@ from models import ops
 from models.errors import BenchError, ConfigError
 
 KILL_ENV = "PPB_DEBUG_KILL_AFTER_EPOCH"   # test hook: SIGKILL this process after that epoch's checkpoint
+PAUSE_ENV = "PPB_DEBUG_PAUSE_AFTER_EPOCH"  # test hook: sleep 120 s after that epoch's checkpoint
 PACKAGES = ("torch", "numpy", "submitit", "pyyaml", "h5py", "tqdm", "tensorboard", "pandas", "deepspeed")
 
 
@@ -826,6 +827,8 @@ class _Run:
                 distributed.barrier(self.info)
                 if os.environ.get(KILL_ENV) == str(epoch):
                     os.kill(os.getpid(), signal.SIGKILL)
+                if os.environ.get(PAUSE_ENV) == str(epoch):
+                    time.sleep(120)  # so a test can kill the job mid-run, however fast its epochs are
         finally:
             if tb is not None:
                 tb.close()

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 from harness import jobs
-from harness.train import KILL_ENV
+from harness.train import KILL_ENV, PAUSE_ENV
 from test_harness_executors import ensure_smoke_data
 
 ONLY = ("--only", "backbone=point_mae,method=full")
@@ -76,7 +76,8 @@ def test_slurm_job_killed_before_its_record_shows_failed_with_its_log(slurm_env,
     ensure_smoke_data()
     runs, logs = tmp_path / "runs", tmp_path / "logs"
     out = run_all("submit", "experiments/smoke.yaml", *ONLY, "--executor", "slurm", "--profile", PROFILE,
-                  "--runs-dir", runs, "--logs", logs)      # no --wait: returns once the job is queued
+                  "--runs-dir", runs, "--logs", logs,      # no --wait: returns once the job is queued
+                  env={PAUSE_ENV: "0"})  # the job pauses after epoch 0, so the kill lands mid-run
     assert out.returncode == 0, out.stdout + out.stderr
     rdir, job = the_run(runs)
     deadline = time.monotonic() + 300
