@@ -42,8 +42,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from models.errors import ConfigError
-from models.layers import Group, trunc_normal_
-from models.peft.shared import FrozenBNStatsMixin, carry_checkpoint_identity
+from models.layers import Group
+from models.peft.shared import FrozenBNStatsMixin, carry_checkpoint_identity, small_mlp
 
 MODES = ("default", "faithful")
 MASK_TERMS = ("entropy", "negative_entropy")
@@ -92,15 +92,6 @@ class PointLoRAOptions:
             (not faithful) if self.score_gradient is None else self.score_gradient,
             faithful if self.encode_scale1_separately is None else self.encode_scale1_separately,
             faithful if self.encoder_batch_stats is None else self.encoder_batch_stats)
-
-
-def small_mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
-    """Linear -> GELU -> Linear (keys ``.0`` / ``.2``), trunc_normal(0.02) weights, zero biases."""
-    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out))
-    for layer in (mlp[0], mlp[2]):
-        trunc_normal_(layer.weight, std=0.02)
-        nn.init.zeros_(layer.bias)
-    return mlp
 
 
 class LoRALinear(nn.Module):

@@ -30,7 +30,7 @@ from torch import nn
 
 from models.errors import ConfigError
 from models.layers import Group, trunc_normal_
-from models.peft.shared import FrozenBNStatsMixin, carry_checkpoint_identity
+from models.peft.shared import FrozenBNStatsMixin, carry_checkpoint_identity, small_mlp
 
 MODES = ("default", "faithful")
 
@@ -64,25 +64,15 @@ class PPTOptions:
         return self.mode == "faithful"
 
 
-def prompt_mlp(dim: int, hidden: int) -> nn.Sequential:
-    """Linear -> GELU -> Linear (keys ``.0`` / ``.2``), trunc_normal(0.02) weights, zero biases
-    (the official ``_init_weights``)."""
-    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-    for layer in (mlp[0], mlp[2]):
-        trunc_normal_(layer.weight, std=0.02)
-        nn.init.zeros_(layer.bias)
-    return mlp
-
-
 class PPTEncoder(nn.Module):
     """``blocks.blocks.i`` (the backbone's, adopted) and the three shared prompt MLPs."""
 
     def __init__(self, encoder: nn.Module, dim: int, hidden: int):
         super().__init__()
         self.blocks = encoder.blocks
-        self.prompt_mlp = prompt_mlp(dim, hidden)
-        self.prompt_pos_mlp = prompt_mlp(dim, hidden)
-        self.prompt_all_mlp = prompt_mlp(dim, hidden)
+        self.prompt_mlp = small_mlp(dim, hidden, dim)
+        self.prompt_pos_mlp = small_mlp(dim, hidden, dim)
+        self.prompt_all_mlp = small_mlp(dim, hidden, dim)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, g: int, ge: int) -> torch.Tensor:
         for blk in self.blocks:
