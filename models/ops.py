@@ -244,10 +244,12 @@ def furthest_point_sample_blocks(xyz: torch.Tensor, m: int, block: int = FPS_BLO
     so later steps touch a few hundred blocks of the batch instead of every point.
 
     Exactness: a point's distance is ((px-cx)^2 + (py-cy)^2) + (pz-cz)^2 in the input dtype, as
-    in the kernel; the box bound is the same expression on the per-axis gaps
-    max(lo-c, c-hi, 0), and rounding is monotone, so bound <= distance holds in floating
-    point. The winner is the largest min-distance, ties going to the lowest kernel priority
-    rank (``_fps_priority_order``), found among the blocks holding the maximum.
+    in the kernel; the box bound is the same expression on the per-axis gaps to the box
+    (clamp(c, lo, hi) - c: exactly -(lo - c), -(c - hi) or 0), and rounding is monotone, so
+    bound <= distance holds in floating point (both sums run x, y, z in order: ``sum(0)`` over
+    the leading axis adds rows in sequence, checked in tests/test_fps_blocks.py). The winner is
+    the largest min-distance, ties going to the lowest kernel priority rank
+    (``_fps_priority_order``), found among the blocks holding the maximum.
     """
     _check_fps_args(xyz, m)
     b, n, _ = xyz.shape
@@ -285,7 +287,7 @@ def furthest_point_sample_blocks(xyz: torch.Tensor, m: int, block: int = FPS_BLO
     chosen = [rank]
     c = centres.index_select(1, cloud_off + rank)
     for _ in range(1, m):
-        gap = torch.maximum(lo - c, c - hi).clamp_min_(0)
+        gap = torch.clamp(c, lo, hi).sub_(c)  # per-axis gap to the box (0 inside), negated
         gap.mul_(gap)
         act = (gap.sum(0) < bmax).view(-1).nonzero().view(-1)  # blocks that can change
         d = coords.index_select(1, act)
