@@ -214,8 +214,6 @@ def furthest_point_sample_dense(xyz: torch.Tensor, m: int) -> torch.Tensor:
     return order[out]
 
 
-
-
 def _spread_bits_10(v: torch.Tensor) -> torch.Tensor:
     """Spread the low 10 bits of int32 ``v`` to every third bit (Morton interleaving)."""
     v = (v | (v << 16)) & 0x030000FF
