@@ -248,8 +248,21 @@ def furthest_point_sample_blocks(xyz: torch.Tensor, m: int, block: int = FPS_BLO
     the leading axis adds rows in sequence, checked in tests/test_fps_blocks.py). The winner is
     the largest min-distance, ties going to the lowest kernel priority rank
     (``_fps_priority_order``), found among the blocks holding the maximum.
+
+    Runs on one thread (restored after): its tensors are small, so intra-op threads would
+    only add a barrier to every op, and stall it badly whenever another process holds a core.
     """
     _check_fps_args(xyz, m)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fps_blocks(xyz, m, block)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fps_blocks(xyz: torch.Tensor, m: int, block: int) -> torch.Tensor:
+    """The body of ``furthest_point_sample_blocks`` (arguments checked)."""
     b, n, _ = xyz.shape
     dev, dt = xyz.device, xyz.dtype
     pts = xyz.detach()

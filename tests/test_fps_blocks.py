@@ -76,3 +76,15 @@ def test_sum_over_the_leading_axis_adds_rows_in_order(dtype):
 def test_blocks_reject_bad_shapes(bad):
     with pytest.raises(ValueError, match=r"\(B, N, 3\)"):
         ops.furthest_point_sample_blocks(bad, 2)
+
+
+def test_blocks_run_on_one_thread_and_restore_the_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        xyz = torch.rand(2, 200, 3, generator=torch.Generator().manual_seed(4))
+        assert torch.equal(ops.furthest_point_sample_blocks(xyz, 9, block=16),
+                           ops.furthest_point_sample_reference(xyz, 9))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
