@@ -24,14 +24,16 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from harness.catalog import DATASETS
 from harness.results import stats
+from models.backbones import NPOINTS
 from models.peft import registry
 
 DATASET_TITLES = {"scanobjectnn_obj_bg": "ScanObjectNN OBJ_BG", "scanobjectnn_obj_only": "ScanObjectNN OBJ_ONLY",
                   "scanobjectnn_pb_t50_rs": "ScanObjectNN PB_T50_RS", "modelnet40": "ModelNet40"}
 BACKBONE_TITLES = {"point_bert": "Point-BERT", "point_mae": "Point-MAE", "point_m2ae": "Point-M2AE"}
-# display names from the method registry (models.peft), in its table order
-METHOD_TITLES = {name: m.display for name, m in registry.methods().items()}
+# display names from the method registry (models.peft), in its table order (read without torch)
+METHOD_TITLES = registry.titles()
 VARIANT_TITLES = {"": "-", "aug": "aug"}
 GROUP = ["dataset", "backbone", "method", "variant", "data_source"]
 RECIPE = Path(__file__).resolve().parents[2] / "experiments" / "recipes" / "official.yaml"
@@ -53,18 +55,12 @@ def official_recipe() -> dict:
 @functools.lru_cache(maxsize=None)
 def _official(dataset: str) -> tuple[dict | None, str | None, int | None]:
     """(official split counts, model family, classes) of a dataset the project knows."""
-    try:
-        from harness.catalog import dataset_info as catalog_info
-        from harness.data.registry import dataset_info
-        return dict(dataset_info(dataset).official_counts), catalog_info(dataset).family, dataset_info(dataset).num_classes
-    except Exception:  # noqa: BLE001 - an unknown dataset name: nothing to compare with
-        return None, None, None
+    info = DATASETS.get(dataset)   # an unknown dataset name: nothing to compare with
+    return (dict(info.official_counts), info.family, info.num_classes) if info else (None, None, None)
 
 
 def why_not_comparable(r: dict) -> list[str]:
     """The reasons a done record is not comparable to the paper ([] when it is)."""
-    from models.classifier import default_npoints
-
     reasons = []
     cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
     data = r.get("data") if isinstance(r.get("data"), dict) else None
@@ -95,8 +91,8 @@ def why_not_comparable(r: dict) -> list[str]:
     if train.get("batch_size") not in (None, recipe["batch_size"]):
         reasons.append(f"batch {train['batch_size']} (recipe {recipe['batch_size']})")
     npoints = (cfg.get("data") or {}).get("npoints")
-    if family and npoints is not None:
-        want = default_npoints(r["backbone"], family)
+    want = NPOINTS.get(r["backbone"], {}).get(family)
+    if want is not None and npoints is not None:
         if npoints != want:
             reasons.append(f"{npoints} points (recipe {want})")
     return reasons
