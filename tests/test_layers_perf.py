@@ -11,10 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from models.classifier import build_model
 from models.errors import ConfigError
-from models.layers import DropPath, MiniPointNet, set_recompute
+from models.layers import DropPath, Linear, MiniPointNet, set_recompute
 
 TINY_MAE = {"num_group": 16, "group_size": 16, "trans_dim": 96, "depth": 2, "num_heads": 4, "encoder_dims": 96}
 TINY_PEFT = {"prompt_layers": [0, 1], "cache_layers": [0, 1], "query_num_group": 8, "query_group_size": 16}
@@ -96,6 +97,25 @@ def test_minipointnet_eval_mode_with_trainable_weights_keeps_autograd():
     scale = max(b.abs().max().item() for b in g2)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_blocks_linear_without_autograd_matches_nn_linear_and_keeps_hooks():
+    torch.manual_seed(0)
+    layer = Linear(384, 1536)
+    x = torch.randn(4, 65, 384)
+    with torch.no_grad():
+        fast = layer(x)
+        torch.testing.assert_close(fast, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer(x[0].t().contiguous().t()), fast[0], atol=1e-5, rtol=1e-5)  # strided rows
+        wide = Linear(8, 4).double()  # other dtypes: the plain kernel
+        xd = torch.randn(3, 8, dtype=torch.float64)
+        assert torch.equal(wide(xd), F.linear(xd, wide.weight, wide.bias))
+    with_grad = layer(x.requires_grad_())  # training: the plain kernel, autograd intact
+    assert with_grad.grad_fn is not None and torch.equal(with_grad, F.linear(x, layer.weight, layer.bias))
+    layer.register_forward_hook(lambda m, args, out: out * 2)  # PEFT methods hook the blocks' linears
+    with torch.no_grad():
+        assert torch.equal(layer(x), 2 * fast)
+    assert isinstance(layer, nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
