@@ -58,6 +58,37 @@ def set_recompute(model: nn.Module, mode: str) -> nn.Module:
     return model
 
 
+def _onednn_linear_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except Exception:  # noqa: BLE001 - a build without the op
+        return False
+
+
+_ONEDNN_LINEAR = _onednn_linear_available()
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, hooks and state dict) whose forward, when no gradient is
+    needed (inference, frozen layers) and the input is float32 on the CPU, runs oneDNN's inner
+    product with the bias in its epilogue instead of MKL's GEMM after a bias copy: 1.2-1.5x
+    faster for the blocks' products (2080 rows of 384 / 1536 channels, 2 threads, AMD EPYC
+    AVX2). The same sums in another order (~1e-6 relative); otherwise ``F.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        global _ONEDNN_LINEAR
+        w, b = self.weight, self.bias
+        if (_ONEDNN_LINEAR and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu")
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad
+                                                      or (b is not None and b.requires_grad)))):
+            try:
+                return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+            except RuntimeError:  # an unsupported CPU or build: the plain path from now on
+                _ONEDNN_LINEAR = False
+        return F.linear(x, w, b)
+
+
 def trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
     """timm 0.4.5's trunc_normal_(std): N(0, std) truncated at +-2 (absolute, not +-2 std)."""
     return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0, b=2.0)
@@ -75,7 +106,11 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        if x.dtype not in (torch.float32, torch.float64):  # keep rounded to half precision would differ
+            return x * mask / keep
+        # x / keep for kept samples, x / inf = 0 for dropped ones: one pass over x (and one in
+        # backward) instead of two; the same values as timm's x.div(keep) * mask, bit for bit.
+        return x / torch.full_like(mask, keep).masked_fill_(mask == 0, float("inf"))
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
@@ -91,9 +126,9 @@ class Mlp(Recomputable):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def _weights(self):
         return self.fc1.weight, self.fc2.weight
@@ -117,8 +152,8 @@ class Attention(Recomputable):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
     def _weights(self):
         return self.qkv.weight, self.proj.weight
@@ -213,9 +248,15 @@ class MiniPointNet(nn.Module):
     BatchNorm normalises over the same groups * points values per channel. The second stage's
     first layer acts on [global; local]: W [g; l] + b = (W_g g + b) + W_l l, so the global half
     is computed once per group instead of once per point (a quarter of the encoder's
-    multiply-adds). Without autograd and with BatchNorm in eval mode (inference, frozen PEFT
-    stems) groups are independent and run in chunks of ``NO_GRAD_CHUNK``: the same values, with
-    a bounded transient memory instead of several (groups * K, 512) buffers.
+    multiply-adds). When nothing needs a gradient and BatchNorm uses its running statistics
+    (inference, frozen PEFT stems) groups are independent and run through ``_encode_frozen`` in
+    chunks of ``NO_GRAD_CHUNK`` (a bounded transient memory instead of several (groups * K, 512)
+    buffers), with each BatchNorm folded into the linear before it, max-pooling by ``amax`` (no
+    indices) and, where the first stage widens (hidden1 < mid), its last layer folded into the
+    local half of the second stage: W_l (W_3 h + b_3) = (W_l W_3) h + W_l b_3, so the widest
+    per-point product runs from hidden1 instead of mid channels (Point-MAE / Point-BERT: 128
+    instead of 256; a fifth of the encoder's multiply-adds). Same maths, float rounding aside
+    (~1e-7 relative).
     """
 
     def __init__(self, in_channels: int, hidden1: int, mid: int, hidden2: int, out_channels: int):
@@ -234,11 +275,41 @@ class MiniPointNet(nn.Module):
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
         b, g, k, c = groups.shape
         rows = groups.reshape(b * g, k, c)
-        if torch.is_grad_enabled() or any(m.training for m in self.modules() if isinstance(m, nn.BatchNorm1d)):
+        if self._rows_independent(groups):  # each group on its own: chunks bound the transient memory
+            with torch.no_grad():
+                out = torch.cat([self._encode_frozen(part) for part in rows.split(self.NO_GRAD_CHUNK)])
+        else:
             out = self._encode(rows)
-        else:  # each group on its own: chunks bound the transient memory (and stay in cache)
-            out = torch.cat([self._encode(part) for part in rows.split(self.NO_GRAD_CHUNK)])
         return out.view(b, g, self.out_channels)
+
+    def _rows_independent(self, groups: torch.Tensor) -> bool:
+        """True when no gradient flows (autograd off, or nothing here requires grad) and every
+        BatchNorm normalises with its running statistics."""
+        if any(m.training or m.running_var is None for m in self.modules() if isinstance(m, nn.BatchNorm1d)):
+            return False
+        return not torch.is_grad_enabled() or not (
+            groups.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def _encode_frozen(self, rows: torch.Tensor) -> torch.Tensor:
+        """``_encode`` for independent rows (see the class doc): BatchNorm folded, amax pooling."""
+        n, k, c = rows.shape
+        conv1, bn1, _, conv3 = self.first_conv
+        conv4, bn2, _, conv6 = self.second_conv
+        w1, b1 = _fold_batch_norm(conv1, bn1)
+        hidden = F.linear(rows.reshape(n * k, c), w1, b1).relu_()
+        w3, b3 = conv3.weight[:, :, 0], conv3.bias
+        mid = w3.shape[0]
+        w4, b4 = _fold_batch_norm(conv4, bn2)
+        w_glob, w_local = w4[:, :mid], w4[:, mid:]
+        if hidden.shape[1] < mid:  # the local half straight from the narrower hidden layer
+            glob = F.linear(hidden, w3, b3).view(n, k, mid).amax(dim=1)
+            feat = F.linear(hidden, w_local @ w3).view(n, k, -1)
+            feat.add_(F.linear(glob, w_glob, torch.addmv(b4, w_local, b3))[:, None, :])
+        else:
+            local = F.linear(hidden, w3, b3).view(n, k, mid)
+            feat = F.linear(local, w_local).add_(F.linear(local.amax(dim=1), w_glob, b4)[:, None, :])
+        feat = F.linear(feat.relu_(), conv6.weight[:, :, 0], conv6.bias)
+        return feat.amax(dim=1)
 
     def _encode(self, rows: torch.Tensor) -> torch.Tensor:
         """(groups, K, C_in) -> (groups, out)."""
@@ -251,6 +322,13 @@ class MiniPointNet(nn.Module):
         feat = F.linear(feat, weight[:, mid:]).add_(F.linear(glob, weight[:, :mid], first.bias)[:, None, :])
         feat = _channels_last(self.second_conv[1:], feat.view(n * k, -1))
         return feat.view(n, k, -1).max(dim=1).values
+
+
+def _fold_batch_norm(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight (out, in) and bias of ``bn(conv(x))`` as one linear map, BatchNorm on its running
+    statistics: W' = s W, b' = s (b - mean) + beta with s = gamma / sqrt(var + eps)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return conv.weight[:, :, 0] * scale[:, None], torch.addcmul(bn.bias, conv.bias - bn.running_mean, scale)
 
 
 def _channels_last(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

@@ -419,10 +419,11 @@ def knn_torch(ref: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.Ten
 
 def square_distance(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """Squared distances by the expansion -2 a.b + |a|^2 + |b|^2 (Point-BERT / PointNet++)."""
-    dist = -2 * torch.matmul(src, dst.transpose(1, 2))
-    dist = dist + (src**2).sum(-1)[:, :, None]
-    dist = dist + (dst**2).sum(-1)[:, None, :]
-    return dist
+    # in place on the product (matmul's backward needs only its inputs): the same values as
+    # -2 * (src @ dst^T), then + |a|^2, then + |b|^2, without two more (B, N, M) buffers
+    dist = torch.matmul(src, dst.transpose(1, 2)).mul_(-2)
+    dist.add_((src**2).sum(-1)[:, :, None])
+    return dist.add_((dst**2).sum(-1)[:, None, :])
 
 
 def knn_point(k: int, xyz: torch.Tensor, center: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+import torch.nn.functional as F
 
 from models.classifier import build_model
 from models.errors import ConfigError
-from models.layers import MiniPointNet, set_recompute
+from models.layers import DropPath, Linear, MiniPointNet, set_recompute
 
 TINY_MAE = {"num_group": 16, "group_size": 16, "trans_dim": 96, "depth": 2, "num_heads": 4, "encoder_dims": 96}
 TINY_PEFT = {"prompt_layers": [0, 1], "cache_layers": [0, 1], "query_num_group": 8, "query_group_size": 16}
@@ -54,6 +56,79 @@ def test_minipointnet_chunks_without_autograd_give_the_same_tokens(monkeypatch):
         chunked = net(groups)
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(chunked, conv_reference(net, groups).detach(), atol=1e-5, rtol=1e-5)
+
+
+def with_running_stats(net: MiniPointNet) -> MiniPointNet:
+    """Non-trivial BatchNorm statistics and affine terms, so folding them is really exercised."""
+    gen = torch.Generator().manual_seed(5)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(c, generator=gen) - 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("dims", [(3, 32, 64, 128, 48), (16, 16, 16, 32, 32)])  # widening / M2AE level
+def test_minipointnet_frozen_path_folds_batchnorm_and_equals_the_conv1d_formulation(dims):
+    torch.manual_seed(0)
+    net = with_running_stats(MiniPointNet(*dims))
+    groups = torch.randn(2, 7, 16, dims[0])
+    ref = conv_reference(net, groups).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(net(groups), ref, atol=1e-5, rtol=1e-5)
+    net.requires_grad_(False)  # frozen stem under autograd: the same fast path, no graph
+    out = net(groups)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_minipointnet_eval_mode_with_trainable_weights_keeps_autograd():
+    torch.manual_seed(0)
+    net = with_running_stats(MiniPointNet(3, 32, 64, 128, 48))
+    groups = torch.randn(2, 7, 16, 3)
+    out = net(groups)
+    assert out.grad_fn is not None
+    ref = conv_reference(net, groups)
+    g1 = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    g2 = torch.autograd.grad(ref.square().sum(), list(net.parameters()))
+    scale = max(b.abs().max().item() for b in g2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_blocks_linear_without_autograd_matches_nn_linear_and_keeps_hooks():
+    torch.manual_seed(0)
+    layer = Linear(384, 1536)
+    x = torch.randn(4, 65, 384)
+    with torch.no_grad():
+        fast = layer(x)
+        torch.testing.assert_close(fast, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer(x[0].t().contiguous().t()), fast[0], atol=1e-5, rtol=1e-5)  # strided rows
+        wide = Linear(8, 4).double()  # other dtypes: the plain kernel
+        xd = torch.randn(3, 8, dtype=torch.float64)
+        assert torch.equal(wide(xd), F.linear(xd, wide.weight, wide.bias))
+    with_grad = layer(x.requires_grad_())  # training: the plain kernel, autograd intact
+    assert with_grad.grad_fn is not None and torch.equal(with_grad, F.linear(x, layer.weight, layer.bias))
+    layer.register_forward_hook(lambda m, args, out: out * 2)  # PEFT methods hook the blocks' linears
+    with torch.no_grad():
+        assert torch.equal(layer(x), 2 * fast)
+    assert isinstance(layer, nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_drop_path_is_timms_formula_bit_for_bit(dtype):
+    x = torch.randn(64, 5, 8, dtype=dtype, requires_grad=True)
+    torch.manual_seed(0)
+    got = DropPath(0.3).train()(x)
+    torch.manual_seed(0)  # the same draw as timm's: bernoulli_(keep) on a (B, 1, 1) tensor
+    mask = x.new_empty(64, 1, 1).bernoulli_(0.7)
+    ref = x.div(0.7) * mask
+    assert 0 < int((mask == 0).sum()) < 64
+    assert torch.equal(got, ref)
+    assert torch.equal(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0])
 
 
 def saved_bytes(model, pts) -> tuple[int, torch.Tensor]:

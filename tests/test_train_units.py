@@ -10,7 +10,7 @@ import torch
 from harness import checkpointing
 from harness.config import ScheduleConfig, load_config
 from harness.schedule import EpochLR, epoch_lr, lr_table, timm_cosine
-from harness.train import error_info, param_group_names, param_groups, smoothed_cross_entropy
+from harness.train import adamw, error_info, param_group_names, param_groups, smoothed_cross_entropy
 from models.classifier import build_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +74,28 @@ def test_param_groups_follow_the_official_rule():
         p.requires_grad_(False)
     frozen = sum(p.numel() for p in model.encoder.parameters())
     assert sum(p.numel() for g in param_groups(model, 0.05) for p in g["params"]) == 22_093_327 - frozen
+
+
+def test_adamw_is_fused_on_the_cpu_and_steps_as_the_plain_loop():
+    torch.manual_seed(0)
+    model = build_model("point_bert", 15, num_group=8, group_size=8, trans_dim=32, depth=1, num_heads=2,
+                        encoder_dims=32)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plain = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    fused = adamw(param_groups(model, 0.05), lr=1e-2)
+    assert fused.defaults["fused"]
+    groups = [{"params": [plain[n] for n, p in model.named_parameters() if any(p is q for q in g["params"])],
+               "weight_decay": g["weight_decay"]} for g in param_groups(model, 0.05)]
+    loop = torch.optim.AdamW(groups, lr=1e-2, foreach=False)
+    for step in range(3):
+        for n, p in model.named_parameters():
+            p.grad = torch.randn_like(p)
+            plain[n].grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), plain[n].detach(), atol=1e-6, rtol=1e-5)
+        assert not torch.equal(p.detach(), start[n]), n  # the steps moved every tensor
 
 
 def test_smoothed_cross_entropy_is_the_official_formula():

@@ -97,6 +97,7 @@ def measure_epoch(spec: dict) -> dict:
     from harness.bench.common import PeakRSS, sync
     from harness.data import build_dataset
     from harness.data.transforms import point_all_for, sample_points, scale_and_translate
+    from harness.train import adamw
     from models.classifier import build_model
 
     device = spec["device"]
@@ -118,7 +119,7 @@ def measure_epoch(spec: dict) -> dict:
         notes.append(f"random memory bank ({dim} x {PB_T50_RS_TRAIN})")
     model.to(device).train()
     fwd = torch.compile(model) if spec["compile"] else model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
     amp = spec["precision"] == "bf16"
     point_all = point_all_for(spec["npoints"], ds[0][0].shape[0])
     sub_gen, aug_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)

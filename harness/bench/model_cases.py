@@ -114,6 +114,7 @@ def measure_one(spec: dict) -> dict:
 
     from harness.bench.common import PeakRSS, sync
     from harness.params import count_params
+    from harness.train import adamw
     from models.classifier import build_model
 
     device = spec["device"]
@@ -135,7 +136,7 @@ def measure_one(spec: dict) -> dict:
     pts = (torch.rand(b, n, 3, generator=gen) * 2 - 1).to(device)
     labels = torch.randint(0, spec["num_classes"], (b,), generator=gen).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05)
+    opt = adamw(trainable, lr=1e-4, weight_decay=0.05)  # the training harness's optimiser
     amp = spec["precision"] == "bf16"
 
     def autocast():
