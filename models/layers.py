@@ -49,6 +49,15 @@ class Recomputable(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
+    def normed(self, norm: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+        """``self(norm(x), *args)`` for a pre-norm block. When recomputing, the norm is
+        recomputed with the sub-layer, so backward keeps only ``x`` (which the norm keeps
+        anyway) instead of ``x`` and ``norm(x)``. ``norm`` must have no running state."""
+        return self._run(self._normed, norm, x, *args)
+
+    def _normed(self, norm: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+        return self._forward(norm(x), *args)
+
 
 def set_recompute(model: nn.Module, mode: str) -> nn.Module:
     """Set the recompute mode (``RECOMPUTE_MODES``) of every sub-layer of ``model``."""
@@ -149,8 +158,8 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), mask))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attn.normed(self.norm1, x, mask))
+        return x + self.drop_path(self.mlp.normed(self.norm2, x))
 
 
 class TransformerEncoder(nn.Module):
