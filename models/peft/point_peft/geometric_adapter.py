@@ -201,7 +201,7 @@ def geometric_branch(u: torch.Tensor, geo: Geometry, attn1: LocalAttention, norm
     flat_u = u.reshape(b * length, c)
     idx = geo.flat_idx.reshape(groups, k)
     center = flat_u.index_select(0, geo.flat_center.reshape(-1)).view(b, s, c)
-    if recompute and torch.is_grad_enabled():  # keep only u (kept anyway); redo this in backward
+    if recompute and torch.is_grad_enabled():  # keeps u alone, not norm3(u), q/k/v, the output
         local = checkpoint(_local_attention, u, idx, attn1, norm3, use_reentrant=False)
     else:
         local = _local_attention(u, idx, attn1, norm3)

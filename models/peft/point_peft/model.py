@@ -26,7 +26,9 @@ query encoder runs under ``no_grad`` and, in fixed mode, starts from the backbon
 tokens (FPS is greedy, so the query's 64 centers are the first 64 of the backbone's 128 and its
 groups are the same; with frozen eval-mode BatchNorms the tokens are identical); geometry
 (FPS, kNN, IDW weights) is computed once per forward and shared by the blocks; gathers are
-batched index_selects; frozen weights get no weight gradients.
+batched index_selects; frozen weights get no weight gradients. Training memory: the frozen
+attention / MLP sub-layers (backbone option ``recompute``) and the geometric branch's local
+attention (``geo_recompute``) are recomputed in backward instead of kept (same numbers).
 """
 from __future__ import annotations
 
