@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -370,8 +371,15 @@ def _where(key: str, sources: dict) -> str:
     return "<defaults>"
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    """A config dataclass's field annotations, evaluated once per class (``get_type_hints``
+    compiles every string annotation on each call: most of the time of expanding a matrix)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls, raw: dict, prefix: str, sources: dict):
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
@@ -520,14 +528,18 @@ def config_from_dict(raw: dict) -> RunConfig:
 # ----------------------------------------------------------------------------- identity
 
 def to_dict(cfg) -> dict:
-    """Plain JSON-able data: tuples become lists."""
+    """Plain JSON-able data (new containers: dataclasses and dicts become dicts, tuples lists);
+    what ``dataclasses.asdict`` gives, without its deep copy of every leaf (a run id needs this
+    three times per run of a matrix)."""
     def plain(v):
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         return v
-    return plain(dataclasses.asdict(cfg))
+    return plain(cfg)
 
 
 def _drop(tree: dict, dotted: str) -> None:

@@ -12,10 +12,11 @@ from typing import Any
 
 from torch import nn
 
+from models.backbones import NPOINTS
 from models.backbones.point_bert import PointBERT, PointBERTConfig
 from models.backbones.point_m2ae import PointM2AE, PointM2AEConfig
 from models.backbones.point_mae import PointMAE, PointMAEConfig
-from models.errors import ConfigError
+from models.errors import ConfigError, choose  # noqa: F401 - choose: also models.classifier.choose
 from models.peft import registry
 
 # Per backbone: its config class, model class, and the official geometry per dataset family
@@ -26,7 +27,7 @@ BACKBONES: dict[str, dict[str, Any]] = {
         "model": PointMAE,
         "presets": {"scan": {"num_group": 128, "group_size": 32},
                     "modelnet": {"num_group": 64, "group_size": 32}},
-        "npoints": {"scan": 2048, "modelnet": 1024},
+        "npoints": NPOINTS["point_mae"],
     },
     # Official Point-BERT recipe for both families: 1024 points, 64 x 32 (its ScanObjectNN cfgs
     # too). Point-PEFT's Point-BERT port would use 2048 points / 128 x 32 on ScanObjectNN
@@ -36,7 +37,7 @@ BACKBONES: dict[str, dict[str, Any]] = {
         "model": PointBERT,
         "presets": {"scan": {"num_group": 64, "group_size": 32},
                     "modelnet": {"num_group": 64, "group_size": 32}},
-        "npoints": {"scan": 1024, "modelnet": 1024},
+        "npoints": NPOINTS["point_bert"],
     },
     # Point-M2AE: the ScanObjectNN and ModelNet40 classes differ in kNN sizes and head pooling.
     "point_m2ae": {
@@ -44,7 +45,7 @@ BACKBONES: dict[str, dict[str, Any]] = {
         "model": PointM2AE,
         "presets": {"scan": {"group_sizes": (32, 16, 16), "pool": "concat"},
                     "modelnet": {"group_sizes": (16, 8, 8), "pool": "sum"}},
-        "npoints": {"scan": 2048, "modelnet": 1024},
+        "npoints": NPOINTS["point_m2ae"],
     },
 }
 
@@ -53,13 +54,6 @@ FAMILIES = ("scan", "modelnet")
 
 # name -> models.peft.base.Method, in table order (the one registry; read-only here)
 METHODS = registry.methods()
-
-
-def choose(kind: str, name: str, valid) -> str:
-    """Return name if valid, else raise a one-line error listing the valid choices."""
-    if name not in valid:
-        raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
-    return name
 
 
 def backbone_config(backbone: str, num_classes: int, family: str = "scan", **overrides):

@@ -15,3 +15,10 @@ class ConfigError(BenchError, ValueError):
 
 class CheckpointError(BenchError, ValueError):
     """A checkpoint file that cannot be read or does not fit the model."""
+
+
+def choose(kind: str, name: str, valid) -> str:
+    """Return name if valid, else raise a one-line ``ConfigError`` listing the valid choices."""
+    if name not in valid:
+        raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+    return name

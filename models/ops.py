@@ -146,7 +146,36 @@ def _fps_priority_order(n: int) -> torch.Tensor:
     return order[order < n]
 
 
+def _check_fps_args(xyz: torch.Tensor, m: int) -> None:
+    if xyz.dim() != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"furthest_point_sample expects (B, N, 3) points, got {tuple(xyz.shape)}")
+    if m < 1:
+        raise ValueError(f"furthest_point_sample needs m >= 1, got {m}")
+    if xyz.shape[1] == 0:
+        raise ValueError("furthest_point_sample got a cloud with 0 points")
+
+
+# The block-pruned path (``furthest_point_sample_blocks``): points per block, and the cloud size
+# from which ``furthest_point_sample_fast`` uses it on the CPU (below it the dense loop is as fast).
+FPS_BLOCK_SIZE = 64
+FPS_BLOCKS_MIN_POINTS = 4096
+
+
 def furthest_point_sample_fast(xyz: torch.Tensor, m: int) -> torch.Tensor:
+    """Same indices as ``furthest_point_sample_reference``, faster.
+
+    On the CPU with N >= ``FPS_BLOCKS_MIN_POINTS`` finite points it runs
+    ``furthest_point_sample_blocks`` (only the blocks of points a new centre can get closer to
+    are updated); otherwise ``furthest_point_sample_dense``. Both give the reference's indices.
+    """
+    _check_fps_args(xyz, m)
+    if (xyz.device.type == "cpu" and xyz.shape[1] >= FPS_BLOCKS_MIN_POINTS
+            and bool(torch.isfinite(xyz).all())):
+        return furthest_point_sample_blocks(xyz, m)
+    return furthest_point_sample_dense(xyz, m)
+
+
+def furthest_point_sample_dense(xyz: torch.Tensor, m: int) -> torch.Tensor:
     """Same indices as ``furthest_point_sample_reference``, 3-4x faster on the CPU.
 
     The points are permuted once into the kernel's tie priority order, so each step's winner
@@ -154,13 +183,8 @@ def furthest_point_sample_fast(xyz: torch.Tensor, m: int) -> torch.Tensor:
     reduction); excluded points hold distance -1 for good. Distances use the same arithmetic
     ((dx*dx + dy*dy) + dz*dz, in the input dtype), so the choices are bit-for-bit the same.
     """
-    if xyz.dim() != 3 or xyz.shape[-1] != 3:
-        raise ValueError(f"furthest_point_sample expects (B, N, 3) points, got {tuple(xyz.shape)}")
+    _check_fps_args(xyz, m)
     b, n, _ = xyz.shape
-    if m < 1:
-        raise ValueError(f"furthest_point_sample needs m >= 1, got {m}")
-    if n == 0:
-        raise ValueError("furthest_point_sample got a cloud with 0 points")
     order = _fps_priority_order(n).to(xyz.device)
     pts = xyz.detach().index_select(1, order)  # (B, N, 3) in priority order; indices need no grad
     x, y, z = (pts[..., i].contiguous() for i in range(3))
@@ -188,6 +212,116 @@ def furthest_point_sample_fast(xyz: torch.Tensor, m: int) -> torch.Tensor:
         pos = torch.where(best < 0, pos0, pos)
         out[:, j] = pos
     return order[out]
+
+
+def _spread_bits_10(v: torch.Tensor) -> torch.Tensor:
+    """Spread the low 10 bits of int32 ``v`` to every third bit (Morton interleaving)."""
+    v = (v | (v << 16)) & 0x030000FF
+    v = (v | (v << 8)) & 0x0300F00F
+    v = (v | (v << 4)) & 0x030C30C3
+    return (v | (v << 2)) & 0x09249249
+
+
+def _morton_order(p: torch.Tensor) -> torch.Tensor:
+    """(B, M, 3) -> (B, M) indices sorting each cloud along a Z-order (Morton) curve on a
+    1024^3 grid over the cloud's bounding box: consecutive runs are spatially compact."""
+    lo, hi = p.amin(1, keepdim=True), p.amax(1, keepdim=True)
+    q = ((p - lo) * (1023.0 / (hi - lo).clamp_min(1e-30))).to(torch.int32).clamp_(0, 1023)
+    code = _spread_bits_10(q[..., 0]) | (_spread_bits_10(q[..., 1]) << 1) | (_spread_bits_10(q[..., 2]) << 2)
+    return code.argsort(dim=1)
+
+
+def furthest_point_sample_blocks(xyz: torch.Tensor, m: int, block: int = FPS_BLOCK_SIZE) -> torch.Tensor:
+    """Same indices as ``furthest_point_sample_reference``; prunes blocks of points (CPU).
+
+    xyz (B, N, 3) -> indices (B, m) int64. Each cloud is cut once into blocks of about
+    ``block`` points that are consecutive along a Morton curve (a power of two of blocks,
+    padding points are copies of point 0 that are never chosen). Per step, a block is updated
+    only if the squared distance from the new centre to its bounding box is below the block's
+    largest current min-distance: otherwise no point of it can get closer (exact, see below),
+    so later steps touch a few hundred blocks of the batch instead of every point.
+
+    Exactness: a point's distance is ((px-cx)^2 + (py-cy)^2) + (pz-cz)^2 in the input dtype, as
+    in the kernel; the box bound is the same expression on the per-axis gaps to the box
+    (clamp(c, lo, hi) - c: exactly -(lo - c), -(c - hi) or 0), and rounding is monotone, so
+    bound <= distance holds in floating point (both sums run x, y, z in order: ``sum(0)`` over
+    the leading axis adds rows in sequence, checked in tests/test_fps_blocks.py). The winner is
+    the largest min-distance, ties going to the lowest kernel priority rank
+    (``_fps_priority_order``), found among the blocks holding the maximum.
+
+    Runs on one thread (restored after): its tensors are small, so intra-op threads would
+    only add a barrier to every op, and stall it badly whenever another process holds a core.
+    """
+    _check_fps_args(xyz, m)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fps_blocks(xyz, m, block)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fps_blocks(xyz: torch.Tensor, m: int, block: int) -> torch.Tensor:
+    """The body of ``furthest_point_sample_blocks`` (arguments checked)."""
+    b, n, _ = xyz.shape
+    dev, dt = xyz.device, xyz.dtype
+    pts = xyz.detach()
+    order = _fps_priority_order(n).to(dev)
+    rank_of = order.argsort().to(torch.int32)  # original index -> priority rank
+    nb = 1 << max(0, math.ceil(math.log2(-(-n // max(int(block), 1)))))
+    size = -(-n // nb)
+    total = nb * size
+    x, y, z = pts.unbind(-1)
+    temp = torch.full((b, n), 1e10, dtype=dt, device=dev)
+    temp.masked_fill_((x * x + y * y + z * z) <= FPS_SKIP_MAG2, -1.0)  # never chosen
+    ranks = rank_of
+    if total > n:  # pad with copies of point 0 at distance -1 (never chosen, no larger boxes)
+        pts = torch.cat([pts, pts[:, :1].expand(b, total - n, 3)], 1)
+        temp = torch.cat([temp, temp.new_full((b, total - n), -1.0)], 1)
+        ranks = torch.cat([rank_of, rank_of[:1].expand(total - n)])
+    perm = _morton_order(pts)
+    flat = (perm + (torch.arange(b, device=dev) * total)[:, None]).view(-1)
+    # per block: coordinates (3, B*nb, size), box (3, B, nb), min-distances, ranks, max
+    coords = pts.reshape(b * total, 3).index_select(0, flat).view(b * nb, size, 3).permute(2, 0, 1).contiguous()
+    lo, hi = coords.amin(2).view(3, b, nb), coords.amax(2).view(3, b, nb)
+    temp = temp.view(-1).index_select(0, flat).view(b * nb, size)
+    ranks = ranks[perm].view(b * nb, size)
+    bmax = temp.amax(1).view(b, nb)
+    bmax_flat = bmax.view(-1)
+    # centres by priority rank: (3, B*N, 1), so a gather gives the broadcastable (3, B, 1)
+    centres = xyz.detach().index_select(1, order).permute(2, 0, 1).reshape(3, b * n, 1).contiguous()
+    cloud_off = torch.arange(b, device=dev) * n
+    shift = nb.bit_length() - 1  # block id -> cloud
+    rank0 = int(rank_of[0])
+    big = torch.tensor(torch.iinfo(torch.int32).max, dtype=torch.int32, device=dev)
+    rank = torch.full((b,), rank0, dtype=torch.int32, device=dev)
+    chosen = [rank]
+    c = centres.index_select(1, cloud_off + rank)
+    for _ in range(1, m):
+        gap = torch.clamp(c, lo, hi).sub_(c)  # per-axis gap to the box (0 inside), negated
+        gap.mul_(gap)
+        act = (gap.sum(0) < bmax).view(-1).nonzero().view(-1)  # blocks that can change
+        d = coords.index_select(1, act)
+        d.sub_(c.index_select(1, act >> shift))
+        d.mul_(d)
+        t = temp.index_select(0, act)
+        torch.minimum(t, d.sum(0), out=t)  # sum over x, y, z in this order
+        temp.index_copy_(0, act, t)
+        bmax_flat.index_copy_(0, act, t.amax(1))
+        best = bmax.amax(1, keepdim=True)
+        cand = (bmax == best).view(-1).nonzero().view(-1)
+        if nb > 1 and cand.numel() == b:  # one block per cloud holds the maximum
+            rank = torch.where(temp.index_select(0, cand) == best, ranks.index_select(0, cand), big).amin(1)
+        else:  # several blocks tie (or a cloud has only excluded points)
+            cloud = cand >> shift
+            per_block = torch.where(temp.index_select(0, cand) == best.index_select(0, cloud),
+                                    ranks.index_select(0, cand), big).amin(1)
+            rank = big.expand(b).clone().scatter_reduce_(0, cloud, per_block, "amin")
+            # only excluded points left: the kernel reports index 0
+            rank = torch.where(best.view(-1) < 0, rank0, rank).to(torch.int32)
+        chosen.append(rank)
+        c = centres.index_select(1, cloud_off + rank)
+    return order[torch.stack(chosen, 1).long()]
 
 
 def furthest_point_sample(xyz: torch.Tensor, m: int) -> torch.Tensor:

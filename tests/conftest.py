@@ -1,9 +1,16 @@
 """Shared test helpers: repo paths and the official state-dict reference lists."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Iterator
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # under pytest-xdist (`-n auto`: one worker per core) each worker and the processes its tests
+    # start compute on one thread; two threads per worker would oversubscribe the cores, and
+    # OpenMP's barrier stalls then cost up to 10x
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
@@ -18,6 +25,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist every SLURM test runs in the same worker (``--dist loadgroup``, set in
+    pyproject.toml): they share one test cluster per worker session."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 def parse_state_dict_list(name: str, section: str) -> dict[str, tuple[list[int], str, str]]:

@@ -179,6 +179,8 @@ def test_tooling_expands_exactly_1000_distinct_runs_and_tabulates_records():
     tables = tooling_cases.bench_tables(1, n_records=1000)  # 10,000 in the bench; writing them is slow
     assert tables["status"] == "ok", tables["notes"]
     assert tables["values"]["records"] == 1000 and tables["value"] > 0
+    # the measured time includes what the command imports, and that is no torch
+    assert 0 < tables["values"]["import_s"] < tables["value"] and "torch not imported" in tables["notes"]
 
 
 def test_status_of_many_slurm_runs_asks_the_scheduler_in_batched_calls():

@@ -1,6 +1,7 @@
 """The local and debug executors run the same code path and give the same records."""
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -14,10 +15,14 @@ SMOKE_DATA = REPO / "data" / "synthetic" / "scanobjectnn_obj_bg"
 
 
 def ensure_smoke_data() -> None:
-    """The synthetic data experiments/smoke.yaml reads (what `run_all.py demo` writes)."""
-    if not SMOKE_DATA.is_dir():
-        write_synthetic("scanobjectnn_obj_bg", SMOKE_DATA, num_classes=5, train_per_class=16,
-                        test_per_class=8, seed=0)
+    """The synthetic data experiments/smoke.yaml reads (what `run_all.py demo` writes); written
+    once, under a file lock, so parallel test workers never read a half-written set."""
+    SMOKE_DATA.parent.mkdir(parents=True, exist_ok=True)
+    with open(SMOKE_DATA.parent / ".smoke-data.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not SMOKE_DATA.is_dir():
+            write_synthetic("scanobjectnn_obj_bg", SMOKE_DATA, num_classes=5, train_per_class=16,
+                            test_per_class=8, seed=0)
 
 
 def submit(*args, runs, logs):
@@ -41,7 +46,7 @@ def comparable(rec):
 @pytest.mark.slow
 def test_local_and_debug_executors_give_identical_records(tmp_path):
     ensure_smoke_data()
-    only = ["--only", "method=full"]
+    only = ["--only", "backbone=point_mae,method=full"]   # one run: the same code path for every run
     local = submit("--executor", "local", *only, runs=tmp_path / "local", logs=tmp_path / "l")
     assert local.returncode == 0, local.stdout + local.stderr
     debug = submit("--executor", "debug", *only, runs=tmp_path / "debug", logs=tmp_path / "d")

@@ -210,3 +210,29 @@ def test_schema_1_records_still_load_with_a_setup_from_their_config(tmp_path):
     assert t.setups.iloc[0].setup_id.startswith("cfg-")
     assert "record has no data counts" in t.setups.iloc[0].reasons
     json.dumps(t.setups.to_dict())  # plain data
+
+
+def test_the_tables_command_never_imports_torch(tmp_path):
+    """`run_all.py tables` (and its --help) import only the tables path: no torch, no models."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    runs = tmp_path / "runs"
+    results.write_record(runs / "a" / "result.json", record("a"))
+    code = ("import sys; from harness.cli import main; "
+            f"rc = main(['tables', '--runs', {str(runs)!r}, '--out', {str(tmp_path / 'out')!r}, '--no-plots']); "
+            "print('torch' in sys.modules, 'models.classifier' in sys.modules, rc)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.split()[-3:] == ["False", "False", "0"], out.stderr
+    assert (tmp_path / "out" / "tables.md").is_file()
+
+
+def test_method_titles_are_read_without_importing_and_match_the_registry():
+    from models.peft import registry
+
+    titles = registry.titles()
+    assert list(titles.items()) == [(name, m.display) for name, m in registry.methods().items()]
+    assert titles["point_peft"] == "Point-PEFT" and list(titles)[0] == "full"

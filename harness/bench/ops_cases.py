@@ -9,15 +9,19 @@ Cases (batch 32, points uniform in [-1, 1]^3, fixed seed):
 are absent), on the bench device. Others, each timed when importable and skipped with a note
 when not: CPU - fpsample (FPS, one cloud per call, so the batch is a Python loop),
 torch_cluster, pytorch3d; CUDA - pointnet2_ops, knn_cuda, torch_cluster, pytorch3d.
-Reported: median seconds over the repeats, and ours / theirs (> 1 = ours slower).
+The implementations of a case are timed interleaved (each round calls each once, after one
+warm-up call each), so load on the machine hits them alike. Reported: median wall seconds over
+the repeats, and ours / theirs (> 1 = ours slower); the same for CPU (process) seconds
+(``cpu_s``, ``ratio_cpu_ours_over_this``), which a loaded machine distorts less.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
 
-from harness.bench.common import median, short_error, time_calls
+from harness.bench.common import median, short_error, sync
 from models import ops
 
 FPS_CASES = (("fps_2048_to_128", 32, 2048, 128), ("fps_8192_to_1024", 32, 8192, 1024))
@@ -39,12 +43,19 @@ def _fps_impls(device: str, quick: bool) -> list[tuple[str, Callable[[torch.Tens
     def ours(xyz, m):
         fn = _ours_fps()
         return lambda: fn(xyz, m)
-    impls.append(("ours", ours, f"models.ops.{_ours_fps().__name__}; " + FPS_SEMANTICS))
+    path = (f" (on the CPU the block-pruned path for N >= {ops.FPS_BLOCKS_MIN_POINTS}, the dense loop below)"
+            if _ours_fps() is getattr(ops, "furthest_point_sample_fast", None) else "")
+    impls.append(("ours", ours, f"models.ops.{_ours_fps().__name__}{path}; " + FPS_SEMANTICS))
     if not quick:
         def ours_ref(xyz, m):
             return lambda: ops.furthest_point_sample_reference(xyz, m)
         impls.append(("ours: reference loop", ours_ref,
                       "models.ops.furthest_point_sample_reference (the readable emulation; same indices)"))
+
+        def ours_dense(xyz, m):
+            return lambda: ops.furthest_point_sample_dense(xyz, m)
+        impls.append(("ours: dense loop", ours_dense,
+                      "models.ops.furthest_point_sample_dense (every point every step; same indices)"))
 
     if device == "cpu":
         def fpsample_kdline(xyz, m):
@@ -126,38 +137,58 @@ def _knn_impls(device: str) -> list[tuple[str, Callable, str]]:
 
 
 def _entry(case: str, title: str, impl: str, note: str, times: list[float] | None = None,
-           status: str = "ok", ours: float | None = None) -> dict:
+           status: str = "ok", ours: float | None = None, cpu: list[float] | None = None,
+           ours_cpu: float | None = None) -> dict:
     value = median(times) if times else None
-    ratio = None
+    cpu_value = median(cpu) if cpu else None
+    ratio = ratio_cpu = None
     if value and ours is not None and not impl.startswith("ours"):
         ratio = ours / value
+        ratio_cpu = ours_cpu / cpu_value if cpu_value and ours_cpu is not None else None
     return {"name": f"{title} [{impl}]", "case": case, "impl": impl, "status": status,
             "value": value, "unit": "s", "repeats": times or [], "ratio_ours_over_this": ratio,
+            "cpu_s": cpu_value, "cpu_repeats": cpu or [], "ratio_cpu_ours_over_this": ratio_cpu,
             "notes": note}
 
 
 def _run_case(case: str, title: str, impls, make_args: tuple, device: str, repeats: int, log) -> list[dict]:
-    entries, ours = [], None
+    """Time every implementation of one case, interleaved: each round calls each once, so a
+    load change on the machine hits all of them alike. Wall and CPU (process) seconds."""
+    entries, ready = {}, []
     for name, make, note in impls:
         try:
             fn = make(*make_args)
+            fn()  # warm-up
+            sync(device)
         except ImportError as err:
-            entries.append(_entry(case, title, name, f"skipped: not installed ({short_error(err)})",
-                                  status="skipped"))
+            entries[name] = _entry(case, title, name, f"skipped: not installed ({short_error(err)})",
+                                   status="skipped")
             continue
         except Exception as err:  # noqa: BLE001 - a broken library must not stop the bench
-            entries.append(_entry(case, title, name, f"error: {short_error(err)}", status="error"))
+            entries[name] = _entry(case, title, name, f"error: {short_error(err)}", status="error")
             continue
-        try:
-            times = time_calls(fn, repeats, warmup=1, device=device)
-        except Exception as err:  # noqa: BLE001
-            entries.append(_entry(case, title, name, f"error: {short_error(err)}", status="error"))
-            continue
-        if name == "ours":
-            ours = median(times)
-        entries.append(_entry(case, title, name, note, times, ours=ours))
-        log(f"ops: {title} [{name}] {median(times):.4f} s")
-    return entries
+        ready.append((name, fn, note))
+    wall = {name: [] for name, _, _ in ready}
+    cpu = {name: [] for name, _, _ in ready}
+    for _ in range(repeats):
+        for name, fn, note in ready:
+            if name in entries:  # failed in an earlier round
+                continue
+            try:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn()
+                sync(device)
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+            except Exception as err:  # noqa: BLE001
+                entries[name] = _entry(case, title, name, f"error: {short_error(err)}", status="error")
+    ours = median(wall["ours"]) if wall.get("ours") and "ours" not in entries else None
+    ours_cpu = median(cpu["ours"]) if ours is not None else None
+    for name, _, note in ready:
+        if name not in entries:
+            entries[name] = _entry(case, title, name, note, wall[name], ours=ours, cpu=cpu[name], ours_cpu=ours_cpu)
+            log(f"ops: {title} [{name}] {median(wall[name]):.4f} s (cpu {median(cpu[name]):.4f} s)")
+    return [entries[name] for name, _, _ in impls if name in entries]
 
 
 def run_ops(device: str, quick: bool, log=print, seed: int = 0) -> list[dict]:

@@ -8,9 +8,11 @@ SLURM scheduler, and tabulates 100,000 results.
   ``harness.launch.sbatch_script`` for the job array (no sbatch call; the table not printed).
 * tables: 100,000 synthetic result records (schema of ``harness.results``; 2% failed, 5% on
   synthetic data) written to a temporary runs folder (not timed); timed: load_records +
-  collect + collect_failed + summarize + load_reference + render_markdown (what
-  ``run_all.py tables`` computes; plots and file writes are not included). The page cache is
-  warm (the files were just written).
+  compute (collect, summarize, paired) + load_reference + markdown (what ``run_all.py tables``
+  computes; plots and file writes are not included), plus what the command pays before that:
+  importing the CLI with the ``tables`` parser, measured in a fresh interpreter
+  (``python -c``; the interpreter's own start-up excluded). The page cache is warm (the files
+  were just written).
 
 * status: the same 1,000 runs, each with a ``job.json`` of a SLURM array task; ``squeue`` and
   ``sacct`` are stand-in scripts on PATH that answer for every job and count their calls; timed:
@@ -154,6 +156,26 @@ def synthetic_record(i: int, rng: random.Random, fields: tuple) -> dict:
     return rec
 
 
+IMPORT_PROBE = ("import time; t = time.perf_counter(); from harness.cli import build_parser; "
+                "build_parser('tables'); import sys; print(time.perf_counter() - t, 'torch' in sys.modules)")
+
+
+def tables_import_s() -> tuple[float, bool]:
+    """(seconds, torch imported) of importing what ``run_all.py tables`` imports before it reads
+    a record, in a fresh interpreter (the median of 3)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], cwd=ROOT, env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        runs.append((float(out[0]), out[1] == "True"))
+    return median([t for t, _ in runs]), any(torch for _, torch in runs)
+
+
 def bench_tables(repeats: int, n_records: int | None = None) -> dict:
     n_records = n_records or TABLE_RECORDS
     name = f"tables from {n_records:,} result records"
@@ -165,6 +187,7 @@ def bench_tables(repeats: int, n_records: int | None = None) -> dict:
     rng = random.Random(0)
     times, stages = [], []
     try:
+        import_s, torch = tables_import_s()
         with tempfile.TemporaryDirectory(prefix="bench-tables-") as tmp:
             runs = Path(tmp) / "runs"
             t_write = time.perf_counter()
@@ -183,18 +206,20 @@ def bench_tables(repeats: int, n_records: int | None = None) -> dict:
                 t2 = time.perf_counter()
                 text = computed.markdown(reference)
                 t3 = time.perf_counter()
-                times.append(t3 - t0)
+                times.append(import_s + t3 - t0)
                 stages.append((t1 - t0, t2 - t1, t3 - t2))
     except Exception as err:  # noqa: BLE001
         return _entry(name, "skipped", f"skipped: the results tooling failed: {short_error(err)}")
     if len(records) != n_records or "|" not in text:
         return _entry(name, "error", f"error: loaded {len(records)} of {n_records} records")
     pick = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
-    return _entry(name, "ok", f"harness.results load_records + compute (setups, paired statistics) + "
-                  f"load_reference + markdown; warm page cache; plots and file writes excluded; median of {repeats}; "
+    return _entry(name, "ok", f"the CLI's imports for tables (fresh interpreter, {import_s:.2f} s, torch "
+                  f"{'imported' if torch else 'not imported'}) + harness.results load_records + compute (setups, "
+                  f"paired statistics) + load_reference + markdown; warm page cache; plots and file writes excluded; "
+                  f"median of {repeats}; "
                   f"target < {TABLES_TARGET_S:g} s: {'pass' if median(times) < TABLES_TARGET_S else 'fail'}",
                   value=median(times), repeats=times,
-                  values={"load_records_s": stages[pick][0], "collect_summarize_s": stages[pick][1],
+                  values={"import_s": import_s, "load_records_s": stages[pick][0], "collect_summarize_s": stages[pick][1],
                           "render_markdown_s": stages[pick][2], "records": len(records),
                           "write_records_untimed_s": t_write})
 

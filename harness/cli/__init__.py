@@ -14,6 +14,8 @@ from models.errors import BenchError
 
 # Order is the order shown in --help.
 COMMANDS = ["demo", "params", "data", "build_cache", "train", "eval", "ckpt", "submit", "tables", "zoo_tables", "bench"]
+# command as typed -> its module, where the names differ (``submit`` also registers ``status``)
+MODULE_OF = {**{name.replace("_", "-"): name for name in COMMANDS}, "status": "submit"}
 
 DESCRIPTION = """\
 Point-PEFT Bench: reproduce and benchmark parameter-efficient fine-tuning (Point-PEFT)
@@ -26,7 +28,10 @@ class UserError(BenchError):
     """A problem with the user's input on the command line."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, or with ``only`` (a module of ``COMMANDS``) of that
+    module's: ``main`` imports just the module of the command it runs, so ``tables`` never
+    imports torch."""
     parser = argparse.ArgumentParser(
         prog="run_all.py",
         description=DESCRIPTION,
@@ -34,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"harness.cli.{name}").register(sub)
+        if only is None or name == only:
+            importlib.import_module(f"harness.cli.{name}").register(sub)
     return parser
 
 
@@ -73,6 +79,7 @@ def run_command(func, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(MODULE_OF.get(argv[0]) if argv else None)
     args = parser.parse_args(argv)
     return run_command(args.func, args)

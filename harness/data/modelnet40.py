@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from harness import tempfiles
+from harness.catalog import DATASETS
 from harness.data import data_error
 from harness.data.base import PointCloudDataset, check_labels, check_split, read_names
 from harness.data.modelnet40_h5 import CLASS_NAMES as OFFICIAL_NAMES  # the same 40 names, same order
@@ -37,7 +38,7 @@ LISTS_SOURCE = ("the modelnet40_normal_resampled release (modelnet40_normal_resa
 CACHES_SOURCE = ("Point-BERT's ready caches modelnet40_train_8192pts_fps.dat and "
                  "modelnet40_test_8192pts_fps.dat (linked from its DATASET.md)")
 NUM_CLASSES = 40
-OFFICIAL_COUNTS = {"train": 9843, "test": 2468}
+OFFICIAL_COUNTS = DATASETS["modelnet40"].official_counts
 TXT_FIELDS = "x,y,z,nx,ny,nz"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from harness.catalog import DATASETS
 from harness.data import data_error
 from harness.data.base import META_DIR, PointCloudDataset, check_labels, check_points, \
     check_split, read_h5, read_names
@@ -33,16 +34,16 @@ VARIANTS = {
     "scanobjectnn_obj_bg": Variant(
         "OBJ_BG", "main_split",
         {"train": "training_objectdataset.h5", "test": "test_objectdataset.h5"},
-        {"train": 2309, "test": 581}),
+        DATASETS["scanobjectnn_obj_bg"].official_counts),
     "scanobjectnn_obj_only": Variant(
         "OBJ_ONLY", "main_split_nobg",
         {"train": "training_objectdataset.h5", "test": "test_objectdataset.h5"},
-        {"train": 2309, "test": 581}),
+        DATASETS["scanobjectnn_obj_only"].official_counts),
     "scanobjectnn_pb_t50_rs": Variant(
         "PB_T50_RS", "main_split",
         {"train": "training_objectdataset_augmentedrot_scale75.h5",
          "test": "test_objectdataset_augmentedrot_scale75.h5"},
-        {"train": 11416, "test": 2882}),
+        DATASETS["scanobjectnn_pb_t50_rs"].official_counts),
 }
 
 

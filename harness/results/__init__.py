@@ -19,8 +19,8 @@ import pandas as pd
 
 from harness.results import plots, stats, tables
 from harness.results.records import (DATA_SOURCES, IDENTITY_FIELDS, RECORD_FIELDS, SCHEMA_VERSION,  # noqa: F401
-                                     ResultsError, load_eval_records, load_records, write_bytes_atomic,
-                                     write_record)
+                                     ResultsError, cyclic_gc_paused, load_eval_records, load_records,
+                                     write_bytes_atomic, write_record)
 
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
@@ -75,10 +75,13 @@ class Tables:
 
 
 def compute(records: list[dict], problems: list[str] | None = None) -> Tables:
-    runs, configs = tables.collect(records)
-    failed = [r for r in records if r["status"] == "failed"]
-    setups, notes = tables.summarize(runs, configs, failed)
-    return Tables(runs, setups, tables.paired(runs, setups), failed, notes, list(problems or []))
+    """Rows, setups and paired differences of the records (the cycle collector paused
+    meanwhile: with 100,000 records in memory each of its passes would rescan them all)."""
+    with cyclic_gc_paused():
+        runs, configs = tables.collect(records)
+        failed = [r for r in records if r["status"] == "failed"]
+        setups, notes = tables.summarize(runs, configs, failed)
+        return Tables(runs, setups, tables.paired(runs, setups), failed, notes, list(problems or []))
 
 
 def build_outputs(runs_dir: Path | str, out_dir: Path | str, reference_path: Path | str,

@@ -15,9 +15,10 @@ model a ``merge()`` method (see ``models.peft.lora``).
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from torch import nn
+if TYPE_CHECKING:   # annotations only: the registry's metadata (``registry.titles``) needs no torch
+    from torch import nn
 
 from models.errors import ConfigError
 
