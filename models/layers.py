@@ -15,15 +15,18 @@ from models import ops
 from models.errors import ConfigError
 
 # Activation recomputation of the transformer sub-layers (``Mlp``, ``Attention``), a memory
-# lever: "frozen" recomputes a sub-layer in backward (saving only its input) when its weights
-# are frozen (PEFT methods), "all" always, "off" never. Recomputation repeats the same float
-# operations, so values and gradients are bit-for-bit those without it. A frozen linear layer
-# already saves no input (autograd keeps only what the required gradients need), so what
-# "frozen" drops are the GELU input (4x the width) and the attention's q, k, v and output.
-# Default off: on Point-MAE Point-PEFT (CPU, batch 32) "frozen" cut the peak RSS by ~13% for
-# ~12% more time per step, which would make Point-PEFT's step slower than full fine-tuning's.
+# lever: "frozen" recomputes a sub-layer in backward when its weights are frozen (PEFT methods;
+# full fine-tuning is untouched), "all" always, "off" never. Through ``Recomputable.normed`` the
+# pre-norm LayerNorm is recomputed with it, so a block keeps only its two residual-stream inputs.
+# Recomputation repeats the same float operations, so values and gradients are bit-for-bit those
+# without it, and it stops after the last kept tensor (torch's early stop: the frozen output
+# projections are not redone). A frozen linear layer saves no input anyway (autograd keeps only
+# what the required gradients need), so what "frozen" drops are the GELU input (4x the width),
+# the attention's q, k, v and output, and the LayerNorm outputs. Default "frozen": on Point-MAE
+# Point-PEFT (CPU, batch 32) it keeps 545 instead of 1231 MiB of activations for backward, for
+# ~6% more CPU time per step (measured on a loaded machine; the bench's "Memory levers" table).
 RECOMPUTE_MODES = ("off", "frozen", "all")
-DEFAULT_RECOMPUTE = "off"
+DEFAULT_RECOMPUTE = "frozen"
 
 
 class Recomputable(nn.Module):
@@ -48,6 +51,15 @@ class Recomputable(nn.Module):
         if self._recomputes():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
+
+    def normed(self, norm: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+        """``self(norm(x), *args)`` for a pre-norm block. When recomputing, the norm is
+        recomputed with the sub-layer, so backward keeps only ``x`` (which the norm keeps
+        anyway) instead of ``x`` and ``norm(x)``. ``norm`` must have no running state."""
+        return self._run(self._normed, norm, x, *args)
+
+    def _normed(self, norm: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+        return self._forward(norm(x), *args)
 
 
 def set_recompute(model: nn.Module, mode: str) -> nn.Module:
@@ -184,8 +196,8 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), mask))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attn.normed(self.norm1, x, mask))
+        return x + self.drop_path(self.mlp.normed(self.norm2, x))
 
 
 class TransformerEncoder(nn.Module):

@@ -314,3 +314,22 @@ def test_scaling_fits_growth_exponents_and_plots(tmp_path):
     full = scaling.scaling_specs("cpu", quick=False)
     assert sorted({s["npoints"] for s in full if s["axis"] == "points"}) == [1024, 2048, 4096, 8192]
     assert sorted({s["batch"] for s in full if s["axis"] == "batch"}) == [8, 16, 32, 64]
+
+
+def test_point_peft_cases_measure_each_memory_lever_switched_and_the_table_compares_them():
+    specs = model_cases.model_specs("cpu", quick=True, backbones=["point_mae"], methods=["full", "point_peft"])
+    peft = [s for s in specs if s["method"] == "point_peft"]
+    assert [s["variant"] for s in peft] == [None] + [name for name, *_ in model_cases.LEVERS]
+    assert all(s["variant"] is None for s in specs if s["method"] == "full")
+    for spec, (name, backbone_options, method_options, _) in zip(peft[1:], model_cases.LEVERS):
+        assert spec["backbone_options"] == backbone_options and spec["method_options"] == method_options
+    entries = []
+    for spec, (train_s, mem) in zip(peft, ((2.0, 100 * 2**20), (1.6, 300 * 2**20), (1.9, 150 * 2**20))):
+        result = {"train_step_s": train_s, "eval_step_s": 1.0, "train_samples_per_s": 4 / train_s,
+                  "eval_samples_per_s": 4.0, "peak_train_memory_bytes": mem, "train_times": [train_s],
+                  "eval_times": [1.0], "memory_method": "m", "threads": 1, "notes": []}
+        entries.append(model_cases._entry(spec, "ok", "", result))
+    rows = bench_report.lever_rows(entries)
+    assert [r[2] for r in rows] == [name for name, *_ in model_cases.LEVERS]
+    assert rows[0][3] == "2.000 / 1.600 s (1.25x)" and "(0.33x)" in rows[0][4]
+    assert rows[1][3] == "2.000 / 1.900 s (1.05x)" and "(0.67x)" in rows[1][4]

@@ -173,3 +173,59 @@ def test_recompute_frozen_leaves_full_fine_tuning_alone_and_bad_modes_are_config
     assert all(m._recomputes() for m in model.modules() if hasattr(m, "_recomputes"))
     with pytest.raises(ConfigError, match="recompute 'sometimes' is not one of"):
         build_model("point_bert", 15, recompute="sometimes")
+
+
+@pytest.mark.filterwarnings("ignore:Point-PEFT ran without a memory bank")
+@pytest.mark.parametrize("backbone,extra", [("point_mae", TINY_MAE),
+                                            ("point_m2ae", {"num_groups": (64, 32, 16), "group_sizes": (16, 8, 8),
+                                                            "encoder_dims": (48, 96, 96), "depths": (1, 2, 1)})])
+def test_every_memory_lever_keeps_values_and_gradients(backbone, extra):
+    """Backbone recompute x geometric-branch recompute: all four builds give the same logits and
+    gradients, bit for bit; each lever keeps fewer bytes for backward."""
+    pts = torch.rand(2, 256, 3) * 2 - 1
+    results = {}
+    for recompute in ("off", "frozen"):
+        for geo in (False, True):
+            torch.manual_seed(0)
+            options = {"geo_recompute": geo, **(TINY_PEFT if backbone == "point_mae" else {})}
+            model = build_model(backbone, 15, method="point_peft", method_options=options, recompute=recompute,
+                                **extra)
+            model.train()
+            torch.manual_seed(1)
+            nbytes, out = saved_bytes(model, pts)
+            out.square().sum().backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            results[recompute, geo] = (nbytes, out.detach(), grads)
+    ref_bytes, ref_out, ref_grads = results["off", False]
+    assert ref_grads
+    for key, (nbytes, out, grads) in results.items():
+        assert torch.equal(out, ref_out), key
+        assert grads.keys() == ref_grads.keys(), key
+        for name in grads:
+            assert torch.equal(grads[name], ref_grads[name]), (key, name)
+    assert results["off", True][0] < results["off", False][0]
+    assert results["frozen", False][0] < results["off", False][0]
+    assert results["frozen", True][0] < min(results["frozen", False][0], results["off", True][0])
+
+
+def test_group_max_keeps_a_uint8_argmax_and_the_same_gradient():
+    from models.peft.point_peft.geometric_adapter import max_over_members
+
+    torch.manual_seed(0)
+    y = torch.randn(5, 16, 7)
+    y[0, 3] = y[0, 9]  # ties: the gradient goes where y.max(dim=1) puts it
+    y[1, :, 2] = 1.0
+    a = y.clone().requires_grad_()
+    b = y.clone().requires_grad_()
+    grad = torch.randn(5, 7)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        va = max_over_members(a)
+    vb = b.max(dim=1).values
+    assert saved == [torch.uint8]
+    assert torch.equal(va, vb)
+    va.backward(grad)
+    vb.backward(grad)
+    assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():  # no autograd: plain max
+        assert torch.equal(max_over_members(y), y.max(dim=1).values)

@@ -326,22 +326,6 @@ def test_fixed_mode_knobs_can_be_switched_one_by_one():
     assert isinstance(model, PointPEFT)
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_frozen_stem_fast_path_equals_the_encoder(train):
-    from models.layers import point_encoder
-    from models.peft.point_peft.frozen_stem import frozen_pointnet
-
-    torch.manual_seed(0)
-    a, b = point_encoder(384), point_encoder(384)
-    b.load_state_dict(a.state_dict())
-    a.train(train), b.train(train)
-    groups = torch.randn(2, 8, 16, 3)
-    with torch.no_grad():
-        torch.testing.assert_close(frozen_pointnet(b, groups), a(groups), atol=1e-5, rtol=1e-5)
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):  # same BN statistics
-        torch.testing.assert_close(x, y, msg=name)
-
-
 def test_m2ae_query_visibility_follows_the_next_level_neighbourhoods():
     model = small_model("point_m2ae", "faithful", bank_columns=0, query_group_sizes=[16, 4, 2])
     q = model.query_encoder

@@ -40,9 +40,16 @@ RESULT_MARK = "BENCH_RESULT "
 OFFICIAL_CPU_CSV = ROOT / "results" / "reference" / "official_cpu_speed.csv"
 OFFICIAL_NOTE = "official figure measured on a machine of the same kind (2 cores), not re-measured here"
 
-# Memory levers measured beside the default build: (name, backbone_options, what it shows).
-LEVERS = (("recompute frozen", {"recompute": "frozen"},
-           "default recompute='off' vs 'frozen': frozen attention / MLP sub-layers recomputed in backward"),)
+# Memory levers, each measured as the default build with that one lever switched the other way:
+# (name, backbone_options, method_options, what it shows).
+LEVERS = (
+    ("recompute off", {"recompute": "off"}, {},
+     "backbone recompute 'frozen' (default) vs 'off': frozen pre-norm attention / MLP sub-layers "
+     "(with their LayerNorm) recomputed in backward instead of keeping q/k/v/out and the GELU input"),
+    ("geo_recompute off", {}, {"geo_recompute": False},
+     "Point-PEFT geo_recompute true (default) vs false: the geometric branch's local attention "
+     "(norm3, qkv, gather, attention) recomputed in backward"),
+)
 LEVER_METHODS = ("point_peft",)
 
 
@@ -83,17 +90,17 @@ def model_specs(device: str, quick: bool, backbones=None, methods=None, threads:
         for method, entry in METHODS.items():  # the method registry, in table order
             if (methods and method not in methods) or not entry.supports(backbone):
                 continue
-            variants = [(None, {})]
+            variants = [(None, {}, {})]
             if method in LEVER_METHODS:
-                variants += [(name, options) for name, options, _ in LEVERS]
+                variants += [(name, b_opts, m_opts) for name, b_opts, m_opts, _ in LEVERS]
             for precision in precisions:
-                for variant, options in variants:
+                for variant, options, method_options in variants:
                     specs.append({"backbone": backbone, "method": method, "family": FAMILY,
                                   "num_classes": NUM_CLASSES, "npoints": default_npoints(backbone, FAMILY),
                                   "batch": batch, "precision": precision, "device": device,
                                   "warmup": warmup, "steps": steps, "eval_warmup": warmup,
                                   "eval_steps": eval_steps, "bank_columns": BANK_COLUMNS, "seed": 0,
-                                  "backbone_options": dict(options), "method_options": {}, "threads": threads,
+                                  "backbone_options": dict(options), "method_options": dict(method_options), "threads": threads,
                                   "variant": variant})
     return specs
 

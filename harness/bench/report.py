@@ -285,8 +285,10 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
         if levers:
             parts += [f"{h}# Memory levers",
                       "Each lever's effect, from the rows above (same backbone, method, batch): the default "
-                      "build vs the build with the lever changed. Frozen linear layers never save their input "
-                      "(autograd keeps only what the required gradients need), so that lever is always on.",
+                      "build vs the build with the lever switched. Always on (no cost, so no switch): frozen "
+                      "linear layers save no input (autograd keeps only what the required gradients need); "
+                      "the frozen patch encoder runs without autograd, in chunks of groups; the geometric "
+                      "branch's group max keeps its argmax as uint8.",
                       tabulate(levers, headers=["backbone", "method", "lever", "train step: default / variant",
                                                 "peak train memory: default / variant", "what"],
                                tablefmt="github", disable_numparse=True)]
@@ -345,7 +347,7 @@ def lever_rows(models: list[dict]) -> list[list[str]]:
     """Lever variant vs default rows (same backbone, method, precision, batch) for the markdown."""
     from harness.bench.model_cases import LEVERS
 
-    what = {name: text for name, _, text in LEVERS}
+    what = {name: text for name, _, _, text in LEVERS}
     rows = []
     for e in models:
         if not e.get("variant") or e.get("status") != "ok":

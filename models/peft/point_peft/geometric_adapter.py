@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from models import ops
 
@@ -147,13 +148,50 @@ def _keep_scale(groups: int, batch: int, rate: float, training: bool, unit: str,
 CHUNK_VALUES = 1 << 20
 
 
+def _local_attention(u: torch.Tensor, idx: torch.Tensor, attn1: LocalAttention,
+                     norm3: nn.LayerNorm) -> torch.Tensor:
+    """attn1's attention inside each group, before its projection: u (B, L, C), group member
+    indices idx (groups, k) into u flattened -> (groups, k, inner). norm3 and qkv are per token,
+    so they run before the gather (same numbers, 1/7 of the width gathered)."""
+    b, length, _ = u.shape
+    groups, k = idx.shape
+    qkv = attn1.qkv(norm3(u)).reshape(b * length, -1).index_select(0, idx.reshape(-1)).view(groups, k, -1)
+    return attn1.attend(qkv)
+
+
+class _MaxOverMembers(torch.autograd.Function):
+    """``y.max(dim=1).values`` for y (groups, k, C) that keeps the argmax as uint8 for backward
+    (k <= 256) instead of int64: 1/8 of the memory, the same gradient (scattered to the argmax)."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        values, arg = y.max(dim=1)
+        ctx.save_for_backward(arg.to(torch.uint8))
+        ctx.shape = y.shape
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (arg,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.shape).scatter_(1, arg.long().unsqueeze(1), grad.unsqueeze(1))
+
+
+def max_over_members(y: torch.Tensor) -> torch.Tensor:
+    """Max over the group members (dim 1) of y (groups, k, C) -> (groups, C)."""
+    if y.requires_grad and torch.is_grad_enabled() and y.shape[1] <= 256:
+        return _MaxOverMembers.apply(y)
+    return y.max(dim=1).values
+
+
 def geometric_branch(u: torch.Tensor, geo: Geometry, attn1: LocalAttention, norm3: nn.LayerNorm,
                      out_transform: nn.Module, *, pool: str, center_coef: float, drop_rate: float,
-                     drop_unit: str, training: bool) -> torch.Tensor:
+                     drop_unit: str, training: bool, recompute: bool = False) -> torch.Tensor:
     """Steps a-c on u (B, L, C): the pooled sub-center features v (B, S, C).
 
     Computed as max_k(n + drop(proj(attn(norm3(n))))): the projection's bias is constant over
     the group, so it is added after pooling, and n + a W^T is one ``addmm`` per chunk of groups.
+    ``recompute``: the local attention (norm3, qkv, gather, attention) is recomputed in
+    backward instead of keeping its activations (same values and gradients).
     """
     b, length, c = u.shape
     if length != geo.seq_len:
@@ -163,9 +201,10 @@ def geometric_branch(u: torch.Tensor, geo: Geometry, attn1: LocalAttention, norm
     flat_u = u.reshape(b * length, c)
     idx = geo.flat_idx.reshape(groups, k)
     center = flat_u.index_select(0, geo.flat_center.reshape(-1)).view(b, s, c)
-    # norm3 and qkv are per token: apply them before the gather (same numbers, 1/7 of the width)
-    qkv = attn1.qkv(norm3(u)).reshape(b * length, -1).index_select(0, idx.reshape(-1)).view(groups, k, -1)
-    local = attn1.attend(qkv)  # (groups, k, inner)
+    if recompute and torch.is_grad_enabled():  # keeps u alone, not norm3(u), q/k/v, the output
+        local = checkpoint(_local_attention, u, idx, attn1, norm3, use_reentrant=False)
+    else:
+        local = _local_attention(u, idx, attn1, norm3)
     scale = _keep_scale(groups, b, drop_rate, training, drop_unit, local)
     if scale is not None:
         local = local * scale.view(groups, 1, 1)
@@ -176,7 +215,7 @@ def geometric_branch(u: torch.Tensor, geo: Geometry, attn1: LocalAttention, norm
         stop = min(start + chunk, groups)
         n = flat_u.index_select(0, idx[start:stop].reshape(-1))
         y = torch.addmm(n, local[start:stop].reshape(-1, local.shape[-1]), weight_t).view(stop - start, k, c)
-        v = y.max(dim=1).values
+        v = max_over_members(y)
         pooled.append(v + y.mean(dim=1) if pool == "max_mean" else v)
     v = torch.cat(pooled) if len(pooled) > 1 else pooled[0]
     bias = attn1.proj.bias * (2.0 if pool == "max_mean" else 1.0)

@@ -28,7 +28,6 @@ from models import ops
 from models.backbones.point_m2ae import PointM2AE
 from models.checkpoints import M2AE_PEFT_NAMES
 from models.errors import ConfigError
-from models.peft.point_peft.frozen_stem import encode_patches
 from models.peft.point_peft.geometric_adapter import group_indices, idw_weights, make_geometry
 from models.peft.point_peft.options import resolve_options
 from models.peft.point_peft.model import PEFTEncoder, PointPEFT
@@ -202,7 +201,7 @@ class PointPEFTM2AE(PointPEFT):
         for l, level in enumerate(levels):
             stem = l == 0 and not self._stem_grad(self.encoders[0])
             with torch.set_grad_enabled(torch.is_grad_enabled() and not stem):
-                tokens = (encode_patches(self.encoders[0], level.neighborhood) if l == 0
+                tokens = (self.encoders[0](level.neighborhood) if l == 0
                           else self.encoders[l](ops.gather_points(x, level.idx)))
             with torch.set_grad_enabled(self._stem_grad(self.pos_embeds[l])):
                 pos = self.pos_embeds[l](level.center)

@@ -26,7 +26,9 @@ query encoder runs under ``no_grad`` and, in fixed mode, starts from the backbon
 tokens (FPS is greedy, so the query's 64 centers are the first 64 of the backbone's 128 and its
 groups are the same; with frozen eval-mode BatchNorms the tokens are identical); geometry
 (FPS, kNN, IDW weights) is computed once per forward and shared by the blocks; gathers are
-batched index_selects; frozen weights get no weight gradients.
+batched index_selects; frozen weights get no weight gradients. Training memory: the frozen
+attention / MLP sub-layers (backbone option ``recompute``) and the geometric branch's local
+attention (``geo_recompute``) are recomputed in backward instead of kept (same numbers).
 """
 from __future__ import annotations
 
@@ -41,7 +43,6 @@ from models.checkpoints import PEFT_PARTS
 from models.errors import CheckpointError, ConfigError
 from models.layers import Block, TransformerEncoder, trunc_normal_
 from models.peft.point_peft.adapters import Adapter
-from models.peft.point_peft.frozen_stem import encode_patches
 from models.peft.point_peft.geometric_adapter import (Geometry, LocalAttention, OutTransform, geometric_branch,
                                            group_indices, idw_weights, make_geometry)
 from models.peft.point_peft.options import PointPEFTOptions, resolve_options
@@ -116,7 +117,7 @@ class PEFTBlock(nn.Module):
         self.adapter_scale = opts.adapter_scale
         self.attn_droppath = opts.attn_branch_droppath
         self.geo_kwargs = dict(pool=opts.geo_pool, center_coef=opts.geo_center_coef,
-                               drop_unit=opts.geo_droppath)
+                               drop_unit=opts.geo_droppath, recompute=opts.geo_recompute)
         self.propagate_coef = opts.geo_propagate_coef
         if own_prompt:
             self.prompt_embeddings = nn.Parameter(torch.zeros(opts.num_prompt_tokens, dim))
@@ -155,9 +156,9 @@ class PEFTBlock(nn.Module):
             p = self.prompts(b, cache)
             num_p = p.shape[1]
             z = torch.cat([h[:, :insert_at], p, h[:, insert_at:]], dim=1)
-        a = self.attn(self.norm1(z), mask)
+        a = self.attn.normed(self.norm1, z, mask)
         z = z + (self.drop_path(a) if self.attn_droppath else a)
-        m = self.drop_path(self.mlp(self.norm2(z)))
+        m = self.drop_path(self.mlp.normed(self.norm2, z))
         if self.gated:
             z = z + self.ad_gate * self.adapter(m)
         else:
@@ -397,7 +398,7 @@ class PointPEFTTransformer(PointPEFT):
         """Frozen grouping, patch tokens (B, G, C), their positional embedding and centers."""
         with torch.set_grad_enabled(self._stem_grad(self.encoder, self.reduce_dim, self.pos_embed)):
             neighborhood, center, _ = self.group_divider(pts)
-            tokens = encode_patches(self.encoder, neighborhood)
+            tokens = self.encoder(neighborhood)
             if self.reduce_dim is not None:
                 tokens = self.reduce_dim(tokens)
             pos = self.pos_embed(center)

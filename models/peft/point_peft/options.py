@@ -74,6 +74,7 @@ class PointPEFTOptions:
     geo_propagate_coef: float | None = None  # 0.3 (MAE/BERT), 0.2 (M2AE run script)
     geo_interp_neighbors: int = 0            # 0 = all sub-centers
     geo_use_prompt_coords: bool = True       # learnable prompt_cor
+    geo_recompute: bool = True               # memory lever: local attention redone in backward
     train_bias_subset: bool = True           # attn.proj / mlp.fc1 / mlp.fc2 / norm1 / norm2 biases
     # the mended bugs (defaults by mode)
     attn_branch_droppath: bool | None = None  # B14
@@ -124,7 +125,7 @@ def _bad(name: str, value, expected: str) -> ConfigError:
     return ConfigError(f"point_peft option {name}={value!r} is invalid: expected {expected}")
 
 
-_BOOLS = {"bank_exclude_self", "query_reuse_tokens", "geo_share_local_attn", "geo_use_prompt_coords",
+_BOOLS = {"bank_exclude_self", "query_reuse_tokens", "geo_share_local_attn", "geo_use_prompt_coords", "geo_recompute",
           "train_bias_subset", "attn_branch_droppath", "freeze_bn_stats"}
 _POSITIVE_INTS = {"num_prompt_tokens", "cache_topk", "cp_adapter_dim", "query_num_group", "query_group_size",
                   "adapter_dim", "geo_k", "geo_local_inner_dim", "geo_local_heads"}

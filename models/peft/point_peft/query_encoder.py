@@ -23,7 +23,6 @@ from torch import nn
 
 from models import ops
 from models.layers import Group
-from models.peft.point_peft.frozen_stem import encode_patches
 
 QUERY_POOLS = ("max", "mean_max")
 
@@ -93,7 +92,7 @@ class TokenQueryEncoder(FrozenModule):
                 "cls": self.use_cls, "pool": self.pool}
 
     def tokens(self, neighborhood: torch.Tensor) -> torch.Tensor:
-        tokens = encode_patches(self.encoder, neighborhood)
+        tokens = self.encoder(neighborhood)
         return self.reduce_dim(tokens) if self.reduce_dim is not None else tokens
 
     def from_tokens(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -219,7 +218,7 @@ class M2AEQueryEncoder(FrozenModule):
         vis = self.visibility(levels)
         full = None
         for l, (center, idx, neighborhood) in enumerate(levels):
-            tokens = encode_patches(h.token_embed[l], neighborhood if l == 0 else ops.gather_points(full, idx))
+            tokens = h.token_embed[l](neighborhood if l == 0 else ops.gather_points(full, idx))
             v = vis[l]
             if bool(v.all()):
                 x = h.encoder_blocks[l](tokens, h.encoder_pos_embeds[l](center), None)
