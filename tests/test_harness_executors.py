@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import subprocess
 import sys
 
@@ -25,10 +26,11 @@ def ensure_smoke_data() -> None:
                             test_per_class=8, seed=0)
 
 
-def submit(*args, runs, logs):
+def submit(*args, runs, logs, env=None):
     return subprocess.run([sys.executable, "run_all.py", "submit", "experiments/smoke.yaml", *args,
                            "--runs-dir", str(runs), "--logs", str(logs)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+                          cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def records(runs):

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from conftest import REPO
 from slurm_support import PROFILE
@@ -43,9 +44,11 @@ def test_smoke_matrix_on_slurm(slurm_env, tmp_path):
     again = slurm_submit(tmp_path, *only)
     assert again.returncode == 0 and "2 runs, 0 to submit" in again.stdout
 
-    # same records as the local executor (same code path, same metrics on CPU)
+    # same records as the local executor (same code path, same metrics on CPU) on as many threads
+    # as the SLURM job computes with (its cpus_per_task; float sums depend on the thread count)
+    threads = str(yaml.safe_load(PROFILE.read_text())["cpus_per_task"])
     local = submit("--executor", "local", "--only", "backbone=point_mae,method=full", runs=tmp_path / "local",
-                   logs=tmp_path / "l")
+                   logs=tmp_path / "l", env={"OMP_NUM_THREADS": threads})
     assert local.returncode == 0, local.stderr
     assert len(records(tmp_path / "local")) == 1
     for rid, rec in records(tmp_path / "local").items():
