@@ -23,8 +23,9 @@ from models.errors import ConfigError
 # projections are not redone). A frozen linear layer saves no input anyway (autograd keeps only
 # what the required gradients need), so what "frozen" drops are the GELU input (4x the width),
 # the attention's q, k, v and output, and the LayerNorm outputs. Default "frozen": on Point-MAE
-# Point-PEFT (CPU, batch 32) it keeps 545 instead of 1231 MiB of activations for backward, for
-# ~6% more CPU time per step (measured on a loaded machine; the bench's "Memory levers" table).
+# Point-PEFT (CPU, batch 32) it keeps 545 instead of 1231 MiB of activations for backward; the
+# bench's "Memory levers" table (README) measured 12-24% less peak training memory for 1.11-1.29x
+# the step time across the backbones (`recompute: off` when speed matters more).
 RECOMPUTE_MODES = ("off", "frozen", "all")
 DEFAULT_RECOMPUTE = "frozen"
 
