@@ -15,7 +15,7 @@ Five parts, each selectable with ``--only`` (a plain run: the first three):
 
 ``run_bench`` returns the report (a plain dict, schema in ``results/bench/README.md``);
 ``report.build_targets`` scores it against the project's targets and ``write_outputs`` writes
-``<out>/<device>-<date>[-epoch][-scaling][-quick].json`` and ``.md`` (and ``-scaling.png``), and
+``<out>/<device>-<date>[-epoch][-scaling][-quick].json`` and ``.md`` (and ``.png`` with scaling), and
 for a run of the default parts the README block between
 ``<!-- bench:<device>:start -->`` and ``<!-- bench:<device>:end -->``.
 """
@@ -96,7 +96,7 @@ def write_outputs(report: dict, out_dir: Path, readme: Path | None) -> dict:
     json_path, md_path = output_paths(Path(out_dir), report)
     if report.get("scaling"):
         from harness.bench.scaling import plot
-        png = md_path.with_name(md_path.stem + "-scaling.png")
+        png = md_path.with_suffix(".png")  # the stem names the scaling part already
         png.parent.mkdir(parents=True, exist_ok=True)
         plot(report["scaling"], png)
         report["scaling_plot"] = png.name

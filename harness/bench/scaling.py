@@ -108,7 +108,7 @@ def plot(entries: list[dict], path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
     rows = series(entries)
     fig, axes = plt.subplots(2, 2, figsize=(12, 9), squeeze=False)
@@ -125,6 +125,9 @@ def plot(entries: list[dict], path) -> None:
                 ax.set_xticks(sizes)
                 ax.xaxis.set_major_formatter(ScalarFormatter())
                 ax.xaxis.set_minor_formatter(NullFormatter())
+            plain = FuncFormatter(lambda v, _: f"{v:g}")  # 1.5 and 300, not 1.5 x 10^0
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
             fixed = next((s["fixed"] for s in rows if s["axis"] == axis), "")
             ax.set_xlabel(("input points" if axis == "points" else "batch size") + (f" ({fixed})" if fixed else ""))
             ax.set_ylabel("seconds per training step" if metric == "train_step_s" else "peak train memory (MiB)")

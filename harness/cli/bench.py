@@ -31,7 +31,7 @@ Measure how fast and how light the project is, and score it against its targets
            as batch grows (8-64): table, fitted growth exponents and a log-log PNG
 
 A plain run measures ops, models and tooling; writes OUT/<device>-<date>.json and .md
-(-epoch / -scaling / -quick in the name for those runs; -scaling.png for the plot), prints the
+(-epoch / -scaling / -quick in the name for those runs; .png beside them for the scaling plot), prints the
 tables, and replaces the README block between <!-- bench:<device>:start --> and
 <!-- bench:<device>:end --> (skipped with a note where the markers are absent). Timings are
 only meaningful on an otherwise idle machine; the load average at start is recorded.
