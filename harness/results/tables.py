@@ -29,8 +29,7 @@ from harness.results import stats
 from models.backbones import NPOINTS
 from models.peft import registry
 
-DATASET_TITLES = {"scanobjectnn_obj_bg": "ScanObjectNN OBJ_BG", "scanobjectnn_obj_only": "ScanObjectNN OBJ_ONLY",
-                  "scanobjectnn_pb_t50_rs": "ScanObjectNN PB_T50_RS", "modelnet40": "ModelNet40"}
+DATASET_TITLES = {name: info.title for name, info in DATASETS.items()}   # the catalog's, in its order
 BACKBONE_TITLES = {"point_bert": "Point-BERT", "point_mae": "Point-MAE", "point_m2ae": "Point-M2AE"}
 # display names from the method registry (models.peft), in its table order (read without torch)
 METHOD_TITLES = registry.titles()
@@ -156,7 +155,7 @@ def collect(records: list[dict]) -> tuple[pd.DataFrame, dict[str, dict]]:
     for r in records:   # the hot loop (100,000 records): plain dict look-ups
         if r["status"] != "done":
             continue
-        sid = r.get("setup_id") or _setup_id(r)
+        sid = _setup_id(r)
         m = r["metrics"]
         params = r.get("params") or {}
         if sid not in per_setup:   # one setup = one config, data and weights: computed once

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers import Block, TransformerEncoder, trunc_normal_
+from models.layers import Block, TransformerEncoder, pos_mlp, trunc_normal_
 
 
 def encoders(model: nn.Module) -> list[TransformerEncoder]:
@@ -125,7 +125,7 @@ def carry_checkpoint_identity(module: nn.Module, backbone: nn.Module) -> None:
 def small_mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
     """Linear -> GELU -> Linear (keys ``.0`` / ``.2``), trunc_normal(0.02) weights, zero biases:
     the prompt MLPs of PPT and PointLoRA (their official ``_init_weights``)."""
-    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out))
+    mlp = pos_mlp(dim, hidden, out)   # the same three layers as the positional embeddings
     for layer in (mlp[0], mlp[2]):
         trunc_normal_(layer.weight, std=0.02)
         nn.init.zeros_(layer.bias)
