@@ -180,38 +180,34 @@ def furthest_point_sample_dense(xyz: torch.Tensor, m: int) -> torch.Tensor:
 
     The points are permuted once into the kernel's tie priority order, so each step's winner
     is a plain first-occurrence ``max`` (no per-step padding, rank keys or two-level
-    reduction); excluded points hold distance -1 for good. Distances use the same arithmetic
-    ((dx*dx + dy*dy) + dz*dz, in the input dtype), so the choices are bit-for-bit the same.
+    reduction); excluded points hold distance -1 for good. Coordinates are kept as (3, B, N),
+    so a step's distances are three ops: subtract, square, and a ``sum`` over the leading axis,
+    which adds the rows in sequence: ((dx*dx + dy*dy) + dz*dz) in the input dtype, the
+    reference's arithmetic, so the choices are bit-for-bit the same (tests/test_fps_blocks.py).
     """
     _check_fps_args(xyz, m)
     b, n, _ = xyz.shape
     order = _fps_priority_order(n).to(xyz.device)
-    pts = xyz.detach().index_select(1, order)  # (B, N, 3) in priority order; indices need no grad
-    x, y, z = (pts[..., i].contiguous() for i in range(3))
+    # (3, B, N) in priority order; indices need no grad
+    pts = xyz.detach().index_select(1, order).permute(2, 0, 1).contiguous()
     temp = torch.full((b, n), 1e10, dtype=xyz.dtype, device=xyz.device)
-    temp.masked_fill_((x * x + y * y + z * z) <= FPS_SKIP_MAG2, -1.0)
-    pos0 = torch.zeros(b, dtype=torch.long, device=xyz.device) + order.argsort()[0]  # where index 0 is
-    pos = pos0
-    out = torch.empty(b, m, dtype=torch.long, device=xyz.device)
-    out[:, 0] = pos0
-    batch = torch.arange(b, device=xyz.device)
-    d, t = torch.empty_like(temp), torch.empty_like(temp)
+    temp.masked_fill_((pts * pts).sum(0) <= FPS_SKIP_MAG2, -1.0)
+    start = int(order.argsort()[0])  # where index 0 is
+    out = torch.empty(m, b, dtype=torch.long, device=xyz.device)  # step-major: a step writes one row
+    out[0] = start
+    best = torch.empty(b, dtype=xyz.dtype, device=xyz.device)
+    diff, d = torch.empty_like(pts), torch.empty_like(temp)
     for j in range(1, m):
-        c = pts[batch, pos]  # (B, 3): the last chosen point
-        torch.sub(x, c[:, 0:1], out=d)
-        d.mul_(d)
-        torch.sub(y, c[:, 1:2], out=t)
-        t.mul_(t)
-        d.add_(t)
-        torch.sub(z, c[:, 2:3], out=t)
-        t.mul_(t)
-        d.add_(t)
+        c = pts.gather(2, out[j - 1].view(1, b, 1).expand(3, b, 1))  # (3, B, 1): the last chosen point
+        torch.sub(pts, c, out=diff)
+        diff.mul_(diff)
+        torch.sum(diff, 0, out=d)
         torch.minimum(temp, d, out=temp)
-        best, pos = temp.max(dim=1)  # first maximum = the kernel's winner
-        # only excluded points left: the kernel reports index 0
-        pos = torch.where(best < 0, pos0, pos)
-        out[:, j] = pos
-    return order[out]
+        torch.max(temp, 1, out=(best, out[j]))  # first maximum = the kernel's winner
+    # A cloud with only excluded points (all at -1; a chosen point is at 0 otherwise): the kernel
+    # reports index 0 at every step.
+    out[:, (temp < 0).all(1)] = start
+    return order[out.t()]
 
 
 def _spread_bits_10(v: torch.Tensor) -> torch.Tensor:

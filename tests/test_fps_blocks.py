@@ -63,13 +63,24 @@ def test_fast_falls_back_to_the_dense_loop_on_non_finite_points():
     assert torch.equal(ops.furthest_point_sample_fast(xyz, 5), ops.furthest_point_sample_dense(xyz, 5))
 
 
+@pytest.mark.parametrize("shape", [(3, 500, 64), (3, 32, 2048)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sum_over_the_leading_axis_adds_rows_in_order(dtype):
-    # the pruned path sums squared x, y, z with .sum(0); exactness needs (x + y) + z bit for bit
+def test_sum_over_the_leading_axis_adds_rows_in_order(dtype, shape):
+    # the pruned and dense paths sum squared x, y, z with .sum(0) (the dense one into out= on
+    # the caller's threads); exactness needs (x + y) + z bit for bit
     gen = torch.Generator().manual_seed(3)
-    mag = 10.0 ** torch.randint(-6, 6, (3, 500, 64), generator=gen).to(dtype)
-    sq = (torch.rand(3, 500, 64, generator=gen, dtype=dtype) * mag) ** 2
-    assert torch.equal(sq.sum(0), (sq[0] + sq[1]) + sq[2])
+    mag = 10.0 ** torch.randint(-6, 6, shape, generator=gen).to(dtype)
+    sq = (torch.rand(*shape, generator=gen, dtype=dtype) * mag) ** 2
+    expected = (sq[0] + sq[1]) + sq[2]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = torch.empty_like(expected)
+            torch.sum(sq, 0, out=out)
+            assert torch.equal(sq.sum(0), expected) and torch.equal(out, expected)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("bad", [torch.zeros(2, 5), torch.zeros(1, 5, 2)])

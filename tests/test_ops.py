@@ -83,6 +83,17 @@ def test_fps_all_points_near_origin_returns_zeros():
     assert ops.furthest_point_sample(xyz, 4).tolist() == [[0, 0, 0, 0]] * 2
 
 
+def test_fps_cloud_of_only_excluded_points_beside_normal_clouds():
+    # one all-excluded cloud must not disturb its batch neighbours, nor they it
+    xyz = torch.rand(3, 50, 3, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    xyz[1] *= 0.01  # every |p|^2 <= 3e-4
+    got = ops.furthest_point_sample(xyz, 6)
+    assert got[1].tolist() == [0] * 6
+    for b in (0, 2):
+        assert got[b].tolist() == kernel_fps(xyz[b], 6)
+    assert torch.equal(got, ops.furthest_point_sample_reference(xyz, 6))
+
+
 def test_fps_ten_way_tie_is_won_by_smallest_bitreversed_thread():
     # 16 points (T=16): point 0 far away, 8 equidistant points at indices 1..8 -> tie
     pts = torch.zeros(16, 3)
