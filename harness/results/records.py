@@ -14,7 +14,6 @@ Loading is the hot path of ``run_all.py tables`` (100,000 records in a few secon
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import json
 import math
@@ -234,14 +233,10 @@ def cyclic_gc_paused():
             gc.enable()
 
 
-READ_THREADS = 2          # record files are read and parsed by this many threads (see _load_files)
-CHUNK = 1000              # run folders per task of a thread
-
-
-def _load_chunk(base: str, names: list[str]) -> tuple[list[dict], list[str], list[str]]:
-    """(records, problems, names without a result.json) of the run folders ``names`` under ``base``
-    (which ends with a separator)."""
+def _load_files(runs_dir: Path, names: list[str]) -> tuple[list[dict], list[str], list[str]]:
+    """(records, problems, names without a result.json) of the run folders ``names``."""
     records, problems, unrecorded = [], [], []
+    base = os.path.join(str(runs_dir), "")
     for name in names:            # the hot loop (100,000 records): plain strings, no Path objects
         path = f"{base}{name}{os.sep}result.json"
         record, problem = _read(path)
@@ -258,24 +253,6 @@ def _load_chunk(base: str, names: list[str]) -> tuple[list[dict], list[str], lis
             _normalise(record)
         records.append(record)
     return records, problems, unrecorded
-
-
-def _load_files(runs_dir: Path, names: list[str]) -> tuple[list[dict], list[str], list[str]]:
-    """(records, problems, names without a result.json) of the run folders ``names``, in their order.
-
-    Chunks of folders go to ``READ_THREADS`` threads: a thread waiting in open/read (the kernel's
-    share, about half the time) releases the GIL, so another one parses meanwhile."""
-    base = os.path.join(str(runs_dir), "")
-    chunks = [names[i:i + CHUNK] for i in range(0, len(names), CHUNK)]
-    threads = min(READ_THREADS, len(chunks), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else os.cpu_count() or 1)
-    if threads < 2:
-        return _load_chunk(base, names)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="load-records") as pool:
-        parts = list(pool.map(functools.partial(_load_chunk, base), chunks))
-    return tuple([x for part in parts for x in part[k]] for k in range(3))
 
 
 def load_records(runs_dir: Path | str, ask=None) -> tuple[list[dict], list[str]]:

@@ -352,17 +352,31 @@ def _cost(r) -> list[str]:
 COST_HEADERS = ["trainable (M)", "compute (h)", "s/epoch", "peak mem. (GB)"]
 
 
-def _paper_cells(ref_rows: pd.DataFrame, notes: list[str]) -> tuple[str, str]:
-    if ref_rows.empty:
+def _paper_cells(ref_rows: list, notes: list[str]) -> tuple[str, str]:
+    """(accuracy, trainable parameters) cells of the paper rows ``ref_rows`` (``itertuples`` rows
+    of the reference), each accuracy marked with its source's number in ``notes``."""
+    if not ref_rows:
         return "not reported", "not reported"
     accs, params = [], []
-    for r in ref_rows.itertuples():
+    for r in ref_rows:
         if r.source not in notes:
             notes.append(r.source)
         mark = f" [{notes.index(r.source) + 1}]"
         accs.append(f"{r.accuracy or 'not reported'}{' (vote)' if r.voting == 'yes' else ''}{mark}")
         params.append(r.trainable_params_M or "not reported")
     return "; ".join(accs), "; ".join(dict.fromkeys(params))
+
+
+def _rows_by_key(frame: pd.DataFrame) -> dict[tuple, list]:
+    """(backbone, method, variant) -> the ``itertuples`` rows of ``frame`` with those values, in
+    order: what filtering ``frame`` on each key gives (a row with a missing value matches no key),
+    in one pass instead of one filter per key."""
+    out: dict[tuple, list] = {}
+    for r in frame.itertuples():
+        key = (r.backbone, r.method, r.variant)
+        if not any(pd.isna(k) for k in key):
+            out.setdefault(key, []).append(r)
+    return out
 
 
 def comparable_table(dataset: str, setups: pd.DataFrame, reference: pd.DataFrame) -> str:
@@ -375,13 +389,14 @@ def comparable_table(dataset: str, setups: pd.DataFrame, reference: pd.DataFrame
     order = frame.sort_values(["backbone", "method", "variant"], key=_order_key, kind="stable")
     notes: list[str] = []
     rows = []
+    ref_by, meas_by = _rows_by_key(ref), _rows_by_key(meas)
     for b, m, v in order.itertuples(index=False, name=None):
-        paper_acc, paper_params = _paper_cells(ref[(ref.backbone == b) & (ref.method == m) & (ref.variant == v)], notes)
-        mine = meas[(meas.backbone == b) & (meas.method == m) & (meas.variant == v)]
+        paper_acc, paper_params = _paper_cells(ref_by.get((b, m, v), []), notes)
+        mine = meas_by.get((b, m, v), [])
         head = [BACKBONE_TITLES.get(b, b), METHOD_TITLES.get(m, m), VARIANT_TITLES.get(v, v)]
-        if mine.empty:
+        if not mine:
             rows.append(head + ["", paper_acc, paper_params, "no run", "no run", "", "", "", ""])
-        for r in mine.itertuples():
+        for r in mine:
             rows.append(head + [r.label, paper_acc, paper_params,
                                 acc_cell(r.honest_mean, r.honest_std, r.honest_n, r.honest_kind),
                                 acc_cell(r.legacy_mean, r.legacy_std, r.legacy_n, r.legacy_kind), *_cost(r)])
@@ -468,7 +483,7 @@ def released_table(evals: list[dict], reference: pd.DataFrame) -> str:
         reasons = eval_not_comparable(r)
         ref = reference[(reference.backbone == r["backbone"]) & (reference.method == method)
                         & (reference.dataset == r["dataset"]) & (reference.variant == (r.get("variant") or ""))]
-        paper = "not comparable: " + "; ".join(reasons) if reasons else _paper_cells(ref, notes)[0]
+        paper = "not comparable: " + "; ".join(reasons) if reasons else _paper_cells(list(ref.itertuples()), notes)[0]
         vote = f"{m['acc_vote']:.2f} ({m['votes']} votes)" if m.get("acc_vote") is not None else ""
         majority = m.get("majority_baseline")
         rows.append([f"{DATASET_TITLES.get(r['dataset'], r['dataset'])} ({r['split']})",
