@@ -172,6 +172,22 @@ def test_tables_output_is_byte_identical_to_the_golden_files(tmp_path):
         assert data == (GOLDEN / name).read_bytes(), f"{name} differs from tests/golden/tables/{name}"
 
 
+def test_rows_read_while_loading_give_the_same_tables_as_a_later_pass(tmp_path):
+    """``tables`` reads each record's row while loading (``load_records_and_rows``); computing
+    from the records alone (``compute(records)``) gives the same frames and markdown."""
+    import pandas as pd
+
+    write_golden_runs(tmp_path / "runs")
+    records, rows, problems = results.load_records_and_rows(tmp_path / "runs", results.tables.record_row)
+    assert (records, problems) == results.load_records(tmp_path / "runs")
+    assert len(rows) == len(records) and all((row is None) == (r["status"] == "failed") for r, row in zip(records, rows))
+    reference = results.load_reference(REFERENCE)
+    a, b = results.compute(records, problems, rows), results.compute(records, problems)
+    for x, y in ((a.runs, b.runs), (a.setups, b.setups), (a.pairs, b.pairs)):
+        pd.testing.assert_frame_equal(x, y, check_exact=True)
+    assert a.markdown(reference) == b.markdown(reference) == (GOLDEN / "tables.md").read_text()[len("# Results\n\n"):]
+
+
 def test_golden_records_cover_what_they_are_meant_to(tmp_path):
     """The golden set is varied: the guard above is only as good as what it exercises."""
     got = golden_outputs(tmp_path)

@@ -152,19 +152,29 @@ def _numeric(col: list) -> pd.Series:
     return pd.to_numeric(pd.Series(col), errors="coerce")
 
 
-def collect(records: list[dict]) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """(one row per done record, setup id -> config of one of its records)."""
-    done = [r for r in records if r["status"] == "done"]
-    # the hot path (100,000 records): each record's fields read in one pass (a record is read
-    # from memory once), turned into columns afterwards
-    rows = [(r.get("setup_id") or _setup_id(r), r["run_id"], r["dataset"], r["backbone"], r["method"],
-             r["variant"] or "", r["data_source"], r["seed"], m.get("acc_last"), m.get("acc_best_test"),
-             m.get("acc_best_val"), m.get("acc_vote"), (r.get("params") or {}).get("trainable"),
-             r.get("compute_time_s", r.get("wall_time_s")), r.get("seconds_per_epoch"),
-             r.get("peak_memory_bytes"), r.get("gpu_hours"), r.get("end_time") or "")
-            for r in done for m in (r["metrics"],)]
-    (sids, run_id, dataset, backbone, method, variant, source, seed, last, best_test, best_val, vote, trainable,
-     compute_s, s_per_epoch, peak, gpu_hours, end_time) = (list(c) for c in zip(*rows)) if rows else [[]] * 18
+def record_row(r: dict) -> tuple | None:
+    """The fields a done record gives its row of the runs table, read in one pass (the record,
+    its setup id, then the columns ``collect`` takes as they are); None for a failed record."""
+    if r["status"] != "done":
+        return None
+    m = r["metrics"]
+    return (r, r.get("setup_id") or _setup_id(r), r["run_id"], r["dataset"], r["backbone"], r["method"],
+            r["variant"] or "", r["data_source"], r["seed"], m.get("acc_last"), m.get("acc_best_test"),
+            m.get("acc_best_val"), m.get("acc_vote"), (r.get("params") or {}).get("trainable"),
+            r.get("compute_time_s", r.get("wall_time_s")), r.get("seconds_per_epoch"),
+            r.get("peak_memory_bytes"), r.get("gpu_hours"), r.get("end_time") or "")
+
+
+def collect(records: list[dict], rows: list | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """(one row per done record, setup id -> config of one of its records). ``rows``:
+    ``record_row`` of each record, when already computed (``records.load_records_and_rows``
+    computes them while reading, which is cheaper than a later pass over the records)."""
+    if rows is None:
+        rows = [record_row(r) for r in records]
+    rows = [t for t in rows if t is not None]
+    (done, sids, run_id, dataset, backbone, method, variant, source, seed, last, best_test, best_val, vote,
+     trainable, compute_s, s_per_epoch, peak, gpu_hours, end_time) = (
+        (list(c) for c in zip(*rows)) if rows else [[] for _ in range(19)])
     per_setup, configs = {}, {}
     for sid, r in zip(sids, done):
         if sid not in per_setup:   # one setup = one config, data and weights: computed once
