@@ -8,8 +8,11 @@ ended without writing a record (``job.json`` and a finished job, ``harness.jobs`
 in-memory failed record, so tables count it.
 
 Loading is the hot path of ``run_all.py tables`` (100,000 records in a few seconds): one
-``os.open``/``read`` per file, orjson to parse, a one-pass type check for the common case
-(``check_record``'s named checks only for the rest), the cycle collector paused meanwhile.
+``os.open`` (relative to the open runs folder) and ``read`` per file, orjson to parse, a
+one-pass type check for the common case (``check_record``'s named checks only for the rest),
+the table row read while the record is fresh (``load_records_and_rows``), the cycle collector
+paused meanwhile. Two reading threads were tried and measured slower on two cores (the GIL
+passes at every system call).
 """
 from __future__ import annotations
 
