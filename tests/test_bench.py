@@ -93,6 +93,8 @@ def test_quick_cli_writes_json_markdown_and_readme_block(tiny_bench, tmp_path, c
         assert e["status"] == "ok", e["notes"]
         assert e["values"]["train_samples_per_s"] > 0 and e["values"]["eval_samples_per_s"] > 0
         assert e["values"]["peak_train_memory_bytes"] >= 0 and e["batch"] == 2
+        # one profiled step's peak of live tensors: recorded, and small at batch 2
+        assert 0 < e["values"]["peak_train_tensor_bytes"] < 2**30
     assert by_method[("point_mae", "point_peft")]["notes"].startswith("random memory bank")
     assert by_method[("no_such_backbone", "full")]["status"] == "error"
 
@@ -154,9 +156,21 @@ def test_targets_thresholds_and_validation():
     rep = {"device": "cpu", "parts": ["ops", "models", "tooling"], "ops": [], "tooling": [], "models": [
         {"name": f"point_mae / {m}", "backbone": "point_mae", "method": m, "precision": "fp32", "batch": 32,
          "status": "ok", "value": 1.0, "unit": "samples/s", "notes": "",
-         "values": {"peak_train_memory_bytes": mem}} for m, mem in (("full", 1000), ("point_peft", 500))]}
-    [mem] = [t for t in bench_report.build_targets(rep) if t["name"] == "peft_memory[point_mae]"]
-    assert mem["value"] == 0.5 and mem["status"] == "pass"  # <= threshold passes
+         "values": {"peak_train_memory_bytes": mem, "peak_train_tensor_bytes": mem // 4}}
+        for m, mem in (("full", 1000), ("point_peft", 520))]}
+    targets = {t["name"]: t for t in bench_report.build_targets(rep)}
+    rss, tensors = targets["peft_memory[point_mae]"], targets["peft_tensor_memory[point_mae]"]
+    assert rss["value"] == 0.52 and rss["status"] == "fail"  # RSS and tensors scored apart
+    assert tensors["value"] == 130 / 250 and tensors["status"] == "fail"
+    rep["models"][1]["values"] = {"peak_train_memory_bytes": 500, "peak_train_tensor_bytes": 100}
+    targets = {t["name"]: t for t in bench_report.build_targets(rep)}
+    assert targets["peft_memory[point_mae]"]["value"] == 0.5 and targets["peft_memory[point_mae]"]["status"] == "pass"
+    assert targets["peft_tensor_memory[point_mae]"]["value"] == 0.4
+    del rep["models"][0]["values"]["peak_train_tensor_bytes"]  # not recorded: not measured, not 0
+    tensors = next(t for t in bench_report.build_targets(rep) if t["name"] == "peft_tensor_memory[point_mae]")
+    assert tensors["status"] == "not-measured" and "not recorded" in tensors["notes"]
+    rep["device"] = "cuda"  # a GPU's peak is already the allocator's tensor peak: one target
+    assert not any(t["name"].startswith("peft_tensor_memory") for t in bench_report.build_targets(rep))
     bad = {"schema": 1, "device": "cpu", "targets": [{"name": "x", "status": "maybe"}]}
     problems = bench_report.validate_report(bad)
     assert any("status 'maybe'" in p for p in problems) and any("'threads'" in p for p in problems)
@@ -333,3 +347,17 @@ def test_point_peft_cases_measure_each_memory_lever_switched_and_the_table_compa
     assert [r[2] for r in rows] == [name for name, *_ in model_cases.LEVERS]
     assert rows[0][3] == "2.000 / 1.600 s (1.25x)" and "(0.33x)" in rows[0][4]
     assert rows[1][3] == "2.000 / 1.900 s (1.05x)" and "(0.67x)" in rows[1][4]
+
+
+def test_tensor_peak_bytes_counts_live_tensors_over_the_call():
+    from harness.bench.common import tensor_peak_bytes
+
+    def step():
+        a = torch.empty(1 << 20)  # 4 MiB
+        b = torch.empty(1 << 19)  # + 2 MiB live together: the peak
+        del a
+        c = torch.empty(1 << 18)  # 2 + 1 MiB: below the peak
+        return b, c
+
+    assert tensor_peak_bytes(step) == 4 * ((1 << 20) + (1 << 19))
+    assert tensor_peak_bytes(lambda: None) is None  # nothing allocated: no events

@@ -5,7 +5,8 @@ Five parts, each selectable with ``--only`` (a plain run: the first three):
 * ``ops`` (``ops_cases``): our FPS / kNN vs fpsample, torch_cluster, pytorch3d (CPU) or
   pointnet2_ops, knn_cuda (CUDA), median seconds and ours/theirs;
 * ``models`` (``model_cases``): training and eval samples/s and peak memory of every registered
-  backbone x method, one fresh process per case (``python -m harness.bench --one SPEC``);
+  backbone x method, one fresh process per case (``python -m harness.bench --one SPEC``); on the
+  CPU both peak RSS and the peak of live tensor bytes (``common.tensor_peak_bytes``);
 * ``tooling`` (``tooling_cases``): expanding + dry-run submitting 1,000 runs, reporting the
   status of 1,000 SLURM runs, and building the tables from 100,000 result records;
 * ``epoch`` (``epoch_cases``, ``--epoch``): a real training epoch of PB_T50_RS size per backbone x

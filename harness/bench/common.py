@@ -97,6 +97,33 @@ class PeakRSS:
         return int((_status_kib("VmHWM") - self.base_kib) * 1024)
 
 
+def tensor_peak_bytes(fn: Callable[[], object]) -> int | None:
+    """Peak bytes of live CPU tensors that one call of ``fn`` allocates, over the call; None
+    when the profiler's allocation events are unavailable or it recorded none (never a false 0).
+
+    The CPU analogue of ``torch.cuda.max_memory_allocated`` minus what was allocated before:
+    the running sum of the PyTorch profiler's allocation and free events (``profile_memory``),
+    so it counts tensors only, not the C allocator's free-but-kept heap (which peak RSS counts).
+    Tensors that were allocated before the call and freed in it are not seen (the profiler has no
+    event for them), so ``fn`` should not free what existed before it (call ``zero_grad`` first).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        events = sorted((e for e in prof.profiler.kineto_results.events()
+                         if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                        key=lambda e: e.start_ns())
+        live = peak = 0
+        for e in events:
+            live += e.nbytes()
+            peak = max(peak, live)
+    except AttributeError:  # the profiler's private event list changed
+        return None
+    return int(peak) if events else None
+
+
 # ------------------------------------------------------------------ environment
 
 def device_name(device: str) -> str:

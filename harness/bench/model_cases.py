@@ -119,7 +119,7 @@ def measure_one(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from harness.bench.common import PeakRSS, sync
+    from harness.bench.common import PeakRSS, sync, tensor_peak_bytes
     from harness.params import count_params
     from harness.train import adamw
     from models.classifier import build_model
@@ -180,6 +180,7 @@ def measure_one(spec: dict) -> dict:
         train_times = timed(train_step, spec["warmup"], spec["steps"])
         train_peak = torch.cuda.max_memory_allocated()
         memory = {"peak_train_memory_bytes": train_peak - base, "peak_eval_memory_bytes": eval_peak - base,
+                  "peak_train_tensor_bytes": train_peak - base,
                   "peak_train_memory_abs_bytes": train_peak, "peak_eval_memory_abs_bytes": eval_peak}
         method = "torch.cuda.max_memory_allocated minus allocated before the steps (abs = including weights)"
     else:
@@ -190,7 +191,12 @@ def measure_one(spec: dict) -> dict:
         model.train()
         train_times = timed(train_step, spec["warmup"], spec["steps"])
         memory = {"peak_train_memory_bytes": rss.peak_increase(), "peak_eval_memory_bytes": eval_peak}
-        method = f"peak RSS increase over the steps ({rss.method})"
+        # then one more training step, profiled: its peak of live tensor bytes (what
+        # torch.cuda.max_memory_allocated counts on a GPU; RSS also counts glibc's kept heap)
+        opt.zero_grad(set_to_none=True)
+        memory["peak_train_tensor_bytes"] = tensor_peak_bytes(train_step)
+        method = (f"peak RSS increase over the steps ({rss.method}); tensors = peak live tensor bytes "
+                  "of one more training step (PyTorch profiler allocation events)")
     train_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
     return {"train_cpu_s": cpu_s["train"], "eval_cpu_s": cpu_s["eval"],"train_step_s": train_s, "eval_step_s": eval_s,
             "train_samples_per_s": b / train_s, "eval_samples_per_s": b / eval_s,
@@ -217,7 +223,7 @@ def child_main(spec_json: str) -> int:
 UNITS = {"train_cpu_s": "s", "eval_cpu_s": "s", "train_samples_per_s": "samples/s", "eval_samples_per_s": "samples/s", "train_step_s": "s",
          "eval_step_s": "s", "peak_train_memory_bytes": "bytes", "peak_eval_memory_bytes": "bytes",
          "peak_train_memory_abs_bytes": "bytes", "peak_eval_memory_abs_bytes": "bytes",
-         "trainable_params": "count", "total_params": "count"}
+         "peak_train_tensor_bytes": "bytes", "trainable_params": "count", "total_params": "count"}
 
 
 def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall: float | None = None) -> dict:
@@ -283,8 +289,10 @@ def run_specs(specs: list[dict], log=print, timeout_s: float = 3600) -> list[dic
         notes = "; ".join(result["notes"])
         entries.append(_entry(spec, "ok", notes, result, wall))
         mem = result["peak_train_memory_bytes"] / 2**30
+        tensors = result.get("peak_train_tensor_bytes")
+        tensors = f", tensors {tensors / 2**30:.2f} GiB" if tensors is not None else ""
         log(f"models: {case_name(spec)} train {result['train_samples_per_s']:.2f} samples/s, "
-            f"eval {result['eval_samples_per_s']:.2f} samples/s, peak train +{mem:.2f} GiB ({wall:.0f} s)")
+            f"eval {result['eval_samples_per_s']:.2f} samples/s, peak train +{mem:.2f} GiB{tensors} ({wall:.0f} s)")
     return entries
 
 
