@@ -20,6 +20,7 @@ import pandas as pd
 from harness.results import plots, stats, tables
 from harness.results.records import (DATA_SOURCES, IDENTITY_FIELDS, RECORD_FIELDS, SCHEMA_VERSION,  # noqa: F401
                                      ResultsError, cyclic_gc_paused, load_eval_records, load_records,
+                                     load_records_and_rows,
                                      write_bytes_atomic, write_record)
 
 README_START = "<!-- results:start -->"
@@ -74,11 +75,12 @@ class Tables:
                                       len(self.runs), level, self.evals)
 
 
-def compute(records: list[dict], problems: list[str] | None = None) -> Tables:
+def compute(records: list[dict], problems: list[str] | None = None, rows: list | None = None) -> Tables:
     """Rows, setups and paired differences of the records (the cycle collector paused
-    meanwhile: with 100,000 records in memory each of its passes would rescan them all)."""
+    meanwhile: with 100,000 records in memory each of its passes would rescan them all).
+    ``rows``: ``tables.record_row`` of each record, as ``load_records_and_rows`` gives them."""
     with cyclic_gc_paused():
-        runs, configs = tables.collect(records)
+        runs, configs = tables.collect(records, rows)
         failed = [r for r in records if r["status"] == "failed"]
         setups, notes = tables.summarize(runs, configs, failed)
         return Tables(runs, setups, tables.paired(runs, setups), failed, notes, list(problems or []))
@@ -93,10 +95,10 @@ def build_outputs(runs_dir: Path | str, out_dir: Path | str, reference_path: Pat
     ``plots/learning_curves.png`` (from each such run's metrics.csv). ``evals_dir``: eval records
     of ``run_all.py eval``, shown in their own "Released checkpoints" section."""
     out_dir = Path(out_dir)
-    records, problems = load_records(runs_dir, ask)
+    records, rows, problems = load_records_and_rows(runs_dir, tables.record_row, ask)
     evals, eval_problems = load_eval_records(evals_dir)
     reference = load_reference(reference_path)
-    t = compute(records, problems + eval_problems)
+    t = compute(records, problems + eval_problems, rows)
     t.evals = evals
     outputs = {out_dir / "tables.md": ("# Results\n\n" + t.markdown(reference)).encode(),
                out_dir / "summary.csv": t.setups.to_csv(index=False, lineterminator="\n").encode()}
@@ -157,5 +159,5 @@ def demo_report(runs_dir: Path | str, out_dir: Path | str, reference_path: Path 
 
 
 __all__ = ["MarkersMissing", "ResultsError", "Tables", "build_outputs", "compute", "demo_report", "inject_readme",
-           "load_records", "load_reference", "plots", "stats", "tables", "write_bytes_atomic", "write_outputs",
+           "load_records", "load_records_and_rows", "load_reference", "plots", "stats", "tables", "write_bytes_atomic", "write_outputs",
            "write_record", "README_START", "README_END", "RECORD_FIELDS"]

@@ -8,8 +8,11 @@ ended without writing a record (``job.json`` and a finished job, ``harness.jobs`
 in-memory failed record, so tables count it.
 
 Loading is the hot path of ``run_all.py tables`` (100,000 records in a few seconds): one
-``os.open``/``read`` per file, orjson to parse, a one-pass type check for the common case
-(``check_record``'s named checks only for the rest), the cycle collector paused meanwhile.
+``os.open`` (relative to the open runs folder) and ``read`` per file, orjson to parse, a
+one-pass type check for the common case (``check_record``'s named checks only for the rest),
+the table row read while the record is fresh (``load_records_and_rows``), the cycle collector
+paused meanwhile. Two reading threads were tried and measured slower on two cores (the GIL
+passes at every system call).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import contextlib
 import gc
 import json
 import math
+import operator
 import os
 from pathlib import Path
 
@@ -77,36 +81,37 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+_IDENTITY = operator.itemgetter("run_id", "backbone", "method", "dataset", "variant", "seed", "data_source", "status")
+_OBJECT_OR_NULL = (dict, type(None))
+_NUMBER_OR_NULL = (int, float, type(None))
+
+
 def _plainly_good(r) -> bool:
     """The common case, checked in few steps: a schema-2 record of the expected types whose
     metrics are finite numbers or null (anything else goes through ``check_record``'s named checks)."""
     if type(r) is not dict or r.get("schema") != SCHEMA_VERSION:
         return False
     try:
-        if not (type(r["run_id"]) is type(r["backbone"]) is type(r["method"]) is type(r["dataset"]) is str
-                and type(r["variant"]) in (str, type(None)) and type(r["seed"]) is int
-                and r["data_source"] in DATA_SOURCES):
-            return False
-        status = r["status"]
+        run_id, backbone, method, dataset, variant, seed, source, status = _IDENTITY(r)
     except KeyError:
+        return False
+    if not (type(run_id) is type(backbone) is type(method) is type(dataset) is str
+            and (variant is None or type(variant) is str) and type(seed) is int and source in DATA_SOURCES):
         return False
     if status == "done":
         metrics = r.get("metrics")
         if type(metrics) is not dict:
             return False
-        for key in METRIC_FIELDS:
-            v = metrics.get(key)
+        for v in map(metrics.get, METRIC_FIELDS):
             if v is not None and not (type(v) in (int, float) and math.isfinite(v)):
                 return False
     elif status != "failed":
         return False
-    for key in ("params", "data", "pretrained"):
-        if type(r.get(key)) not in (dict, type(None)):
-            return False
-    for key in ("wall_time_s", "compute_time_s", "seconds_per_epoch", "peak_memory_bytes", "epochs"):
-        if type(r.get(key)) not in (int, float, type(None)):
-            return False
-    return True
+    get = r.get
+    return (type(get("params")) in _OBJECT_OR_NULL and type(get("data")) in _OBJECT_OR_NULL
+            and type(get("pretrained")) in _OBJECT_OR_NULL and type(get("wall_time_s")) in _NUMBER_OR_NULL
+            and type(get("compute_time_s")) in _NUMBER_OR_NULL and type(get("seconds_per_epoch")) in _NUMBER_OR_NULL
+            and type(get("peak_memory_bytes")) in _NUMBER_OR_NULL and type(get("epochs")) in _NUMBER_OR_NULL)
 
 
 def check_record(record, where: Path) -> str | None:
@@ -174,14 +179,19 @@ def _parse(data: bytes) -> object:
         return json.loads(data)
 
 
-def _read(path: str | Path) -> tuple[object, str | None]:
-    try:
-        fd = os.open(path, os.O_RDONLY)   # fewer system calls than open(): this runs per record
+READ_SIZE = 1 << 16
+
+
+def _read(path: str | Path, dir_fd: int | None = None, rel: str | None = None) -> tuple[object, str | None]:
+    """(parsed JSON, None), or (None, one line naming ``path``), or (None, "absent"). With
+    ``dir_fd``, the file is opened as ``rel`` inside that open folder (the same file as ``path``:
+    fewer path components for the kernel to resolve: about a quarter less time per open here)."""
+    try:   # os.open/os.read: fewer system calls than open(); this runs per record
+        fd = os.open(path, os.O_RDONLY) if dir_fd is None else os.open(rel, os.O_RDONLY, dir_fd=dir_fd)
         try:
-            size = os.fstat(fd).st_size
-            data = os.read(fd, size + 1)
-            if len(data) > size:          # it grew since the stat: read the rest
-                data += b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
+            data = os.read(fd, READ_SIZE)  # a record is a few KiB: one read, no stat
+            if len(data) == READ_SIZE:     # a larger file: read the rest
+                data += b"".join(iter(lambda: os.read(fd, READ_SIZE), b""))
         finally:
             os.close(fd)
         return _parse(data), None
@@ -211,48 +221,77 @@ def died_record(job: dict, state: str, run_dir: Path) -> dict:
 @contextlib.contextmanager
 def cyclic_gc_paused():
     """Pause Python's cycle collector meanwhile: parsed records are trees (no cycles), and
-    collecting while 100,000 of them are built rescans every earlier one (about 40% of the load)."""
+    collecting while 100,000 of them are built rescans every earlier one (about 40% of the load).
+
+    On the way out, what was built meanwhile joins the oldest generation (``gc.freeze`` then
+    ``gc.unfreeze``: a list splice, no scan), as a collection would have put it; left in the
+    youngest, the next few collections would each scan all of it (about a second for 100,000
+    records, paid by whatever runs next). Cycles among it are still found by full collections."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if gc.get_freeze_count() == 0:   # nothing frozen by others, which unfreeze would release
+            gc.freeze()
+            gc.unfreeze()
         if enabled:
             gc.enable()
 
 
-def _load_files(runs_dir: Path, names: list[str]) -> tuple[list[dict], list[str], list[str]]:
-    """(records, problems, names without a result.json) of the run folders ``names``."""
-    records, problems, unrecorded = [], [], []
+def _load_files(runs_dir: Path, names: list[str], row=None) -> tuple[list[dict], list, list[str], list[str]]:
+    """(records, ``row`` of each record (when given), problems, names without a result.json) of
+    the run folders ``names``."""
+    records, rows, problems, unrecorded = [], [], [], []
     base = os.path.join(str(runs_dir), "")
-    for name in names:            # the hot loop (100,000 records): plain strings, no Path objects
-        path = f"{base}{name}{os.sep}result.json"
-        record, problem = _read(path)
-        if problem == "absent":
-            unrecorded.append(name)
-            continue
-        if problem is None and not _plainly_good(record):
-            problem = check_record(record, Path(path))
-        if problem:
-            problems.append(problem)
-            continue
-        if record["variant"] is None or record.get("error") is not None:
-            _normalise(record)
-        records.append(record)
-    return records, problems, unrecorded
+    dir_fd = None
+    if os.open in os.supports_dir_fd:
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for name in names:        # the hot loop (100,000 records): plain strings, no Path objects
+            rel = f"{name}{os.sep}result.json"
+            record, problem = _read(base + rel, dir_fd, rel)
+            if problem is None:
+                if not _plainly_good(record):
+                    problem = check_record(record, Path(base + rel))
+            elif problem == "absent":
+                unrecorded.append(name)
+                continue
+            if problem:
+                problems.append(problem)
+                continue
+            if record["variant"] is None or record.get("error") is not None:
+                _normalise(record)
+            records.append(record)
+            if row is not None:
+                rows.append(row(record))
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    return records, rows, problems, unrecorded
 
 
 def load_records(runs_dir: Path | str, ask=None) -> tuple[list[dict], list[str]]:
     """(records, problems): every readable ``<runs_dir>/<run>/result.json``, and one line per
     file that could not be used. With ``ask`` (``harness.jobs.scheduler_states``), run folders
     with a finished job but no record add a failed record (one batched scheduler call)."""
+    records, _, problems = load_records_and_rows(runs_dir, None, ask)
+    return records, problems
+
+
+def load_records_and_rows(runs_dir: Path | str, row, ask=None) -> tuple[list[dict], list, list[str]]:
+    """(records, rows, problems): ``load_records``, and ``row(record)`` of each record, in the
+    same order (nothing when ``row`` is None). Each row is computed as soon as its record is
+    read: a record just parsed is still in the CPU's caches, and reading its fields then costs a
+    fraction of a later pass over 100,000 records (``tables.collect``)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ResultsError(f"runs directory not found: {runs_dir} (no runs yet, or a wrong --runs?)")
     with os.scandir(runs_dir) as entries:
         names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     with cyclic_gc_paused():
-        records, problems, unrecorded = _load_files(runs_dir, names)
+        records, rows, problems, unrecorded = _load_files(runs_dir, names, row)
     if ask is not None and unrecorded:
         from harness import jobs, matrix
 
@@ -268,7 +307,9 @@ def load_records(runs_dir: Path | str, ask=None) -> tuple[list[dict], list[str]]
             state = states.get(str(job["job_id"]))
             if state is not None and not jobs.is_alive(state):
                 records.append(died_record(job, state, runs_dir / name))
-    return records, problems
+                if row is not None:
+                    rows.append(row(records[-1]))
+    return records, rows, problems
 
 
 def load_eval_records(evals_dir: Path | str | None) -> tuple[list[dict], list[str]]:

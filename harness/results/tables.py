@@ -16,11 +16,13 @@ test set, or for voting runs the best of the vote repeats: what every official r
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
@@ -130,18 +132,6 @@ def _setup_id(r: dict) -> str:
     return f"run-{r['run_id']}"
 
 
-def _honest(m: dict) -> tuple[float | None, str]:
-    if m.get("acc_best_val") is not None:
-        return m["acc_best_val"], "best val"
-    return m.get("acc_last"), "last"
-
-
-def _legacy(m: dict) -> tuple[float | None, str]:
-    if m.get("acc_vote") is not None:
-        return m["acc_vote"], "vote"
-    return m.get("acc_best_test"), "best test"
-
-
 COLUMNS = ["run_id", "setup_id", *GROUP, "seed", "honest", "honest_kind", "legacy", "legacy_kind",
            "acc_last", "acc_best_test", "acc_best_val", "acc_vote", "trainable", "compute_time_s",
            "seconds_per_epoch", "peak_memory_bytes", "gpu_hours", "chance", "majority", "reasons", "end_time"]
@@ -149,32 +139,63 @@ NUMERIC = ("honest", "legacy", "acc_last", "acc_best_test", "acc_best_val", "acc
            "compute_time_s", "seconds_per_epoch", "peak_memory_bytes", "gpu_hours", "chance", "majority")
 
 
-def collect(records: list[dict]) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """(one row per done record, setup id -> config of one of its records)."""
-    rows, configs, per_setup = [], {}, {}
-    for r in records:   # the hot loop (100,000 records): plain dict look-ups
-        if r["status"] != "done":
-            continue
-        sid = _setup_id(r)
-        m = r["metrics"]
-        params = r.get("params") or {}
+def _numeric(col: list) -> pd.Series:
+    """``pd.to_numeric(pd.Series(col), errors="coerce")``, built directly for the common columns
+    (floats and nulls: float64 with NaN; plain ints that fit: int64), which gives the same
+    values and dtype several times faster; anything else takes the general path."""
+    kinds = set(map(type, col))
+    if col and kinds <= {float, type(None)}:
+        return pd.Series(np.array(col, dtype=np.float64))
+    if kinds == {int}:
+        with contextlib.suppress(OverflowError):
+            return pd.Series(np.array(col, dtype=np.int64))
+    return pd.to_numeric(pd.Series(col), errors="coerce")
+
+
+def record_row(r: dict) -> tuple | None:
+    """The fields a done record gives its row of the runs table, read in one pass (the record,
+    its setup id, then the columns ``collect`` takes as they are); None for a failed record."""
+    if r["status"] != "done":
+        return None
+    m = r["metrics"]
+    return (r, r.get("setup_id") or _setup_id(r), r["run_id"], r["dataset"], r["backbone"], r["method"],
+            r["variant"] or "", r["data_source"], r["seed"], m.get("acc_last"), m.get("acc_best_test"),
+            m.get("acc_best_val"), m.get("acc_vote"), (r.get("params") or {}).get("trainable"),
+            r.get("compute_time_s", r.get("wall_time_s")), r.get("seconds_per_epoch"),
+            r.get("peak_memory_bytes"), r.get("gpu_hours"), r.get("end_time") or "")
+
+
+def collect(records: list[dict], rows: list | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """(one row per done record, setup id -> config of one of its records). ``rows``:
+    ``record_row`` of each record, when already computed (``records.load_records_and_rows``
+    computes them while reading, which is cheaper than a later pass over the records)."""
+    if rows is None:
+        rows = [record_row(r) for r in records]
+    rows = [t for t in rows if t is not None]
+    (done, sids, run_id, dataset, backbone, method, variant, source, seed, last, best_test, best_val, vote,
+     trainable, compute_s, s_per_epoch, peak, gpu_hours, end_time) = (
+        (list(c) for c in zip(*rows)) if rows else [[] for _ in range(19)])
+    per_setup, configs = {}, {}
+    for sid, r in zip(sids, done):
         if sid not in per_setup:   # one setup = one config, data and weights: computed once
             per_setup[sid] = ("; ".join(why_not_comparable(r)), *baselines(r))
             configs[sid] = r.get("config") if isinstance(r.get("config"), dict) else {}
-        reasons, chance, majority = per_setup[sid]
-        honest, hk = _honest(m)
-        legacy, lk = _legacy(m)
-        rows.append((r["run_id"], sid, r["dataset"], r["backbone"], r["method"], r["variant"] or "",
-                     r["data_source"], r["seed"], honest, hk, legacy, lk, m.get("acc_last"),
-                     m.get("acc_best_test"), m.get("acc_best_val"), m.get("acc_vote"), params.get("trainable"),
-                     r.get("compute_time_s", r.get("wall_time_s")), r.get("seconds_per_epoch"),
-                     r.get("peak_memory_bytes"), r.get("gpu_hours"), chance, majority, reasons,
-                     r.get("end_time") or ""))
-    # one column at a time: pandas infers each column's type from one list, much faster than
-    # from 100,000 row tuples
-    columns = list(zip(*rows)) if rows else [()] * len(COLUMNS)
-    df = pd.DataFrame({name: pd.to_numeric(pd.Series(col), errors="coerce") if name in NUMERIC
-                       else list(col) for name, col in zip(COLUMNS, columns)}, columns=COLUMNS)
+    setup_cells = [per_setup[sid] for sid in sids]
+    cols = {
+        "run_id": run_id, "setup_id": sids, "dataset": dataset, "backbone": backbone, "method": method,
+        "variant": variant, "data_source": source, "seed": seed,
+        # honest: best val where a validation split was carved, else last; legacy: vote, else best test
+        "honest": [v if v is not None else x for v, x in zip(best_val, last)],
+        "honest_kind": ["best val" if v is not None else "last" for v in best_val],
+        "legacy": [v if v is not None else x for v, x in zip(vote, best_test)],
+        "legacy_kind": ["vote" if v is not None else "best test" for v in vote],
+        "acc_last": last, "acc_best_test": best_test, "acc_best_val": best_val, "acc_vote": vote,
+        "trainable": trainable, "compute_time_s": compute_s, "seconds_per_epoch": s_per_epoch,
+        "peak_memory_bytes": peak, "gpu_hours": gpu_hours, "chance": [c[1] for c in setup_cells],
+        "majority": [c[2] for c in setup_cells], "reasons": [c[0] for c in setup_cells], "end_time": end_time,
+    }
+    df = pd.DataFrame({name: _numeric(cols[name]) if name in NUMERIC else cols[name] for name in COLUMNS},
+                      columns=COLUMNS)
     return df, configs
 
 
@@ -209,12 +230,31 @@ def setup_labels(setups: pd.DataFrame, configs: dict[str, dict]) -> dict[str, st
     return labels
 
 
+def _sorted_repeats(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """``df`` sorted by (setup id, seed, end time), stably, and which rows repeat an earlier
+    row's (setup id, seed): what ``sort_values`` and ``duplicated`` give, computed from integer
+    codes of the text columns (each factorised once, in sorted order) for the usual column
+    types, as pandas itself sorts by several keys."""
+    sid, end = df["setup_id"], df["end_time"]
+    if isinstance(sid.dtype, pd.StringDtype) and isinstance(end.dtype, pd.StringDtype) and df["seed"].dtype == np.int64:
+        sid_codes, end_codes = pd.factorize(sid, sort=True)[0], pd.factorize(end, sort=True)[0]
+        if (sid_codes >= 0).all() and (end_codes >= 0).all():   # no missing values (they would sort last)
+            seed = df["seed"].to_numpy()
+            order = np.lexsort((end_codes, seed, sid_codes))   # stable; the last key sorts first
+            sid_codes, seed = sid_codes[order], seed[order]
+            repeat = np.zeros(len(order), dtype=bool)
+            repeat[1:] = (sid_codes[1:] == sid_codes[:-1]) & (seed[1:] == seed[:-1])
+            df = df.take(order)
+            return df, pd.Series(repeat, index=df.index)
+    df = df.sort_values(["setup_id", "seed", "end_time"], kind="stable")
+    return df, df.duplicated(["setup_id", "seed"], keep="first")
+
+
 def summarize(df: pd.DataFrame, configs: dict[str, dict], failed: list[dict]) -> tuple[pd.DataFrame, list[str]]:
     """One row per setup: n distinct seeds, honest / legacy mean ± std, costs; and the notes
     (duplicate seeds)."""
     notes = []
-    df = df.sort_values(["setup_id", "seed", "end_time"], kind="stable")
-    dup = df.duplicated(["setup_id", "seed"], keep="first")
+    df, dup = _sorted_repeats(df)
     if dup.any():
         for (sid, seed), g in df[df.duplicated(["setup_id", "seed"], keep=False)].groupby(["setup_id", "seed"]):
             notes.append(f"error: setup {sid[:8]} has {len(g)} runs of seed {seed} ({', '.join(g.run_id)}); "
@@ -262,23 +302,32 @@ def paired(df: pd.DataFrame, setups: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(rows)
     comparable = dict(zip(setups.setup_id, setups.comparable))
     labels = dict(zip(setups.setup_id, setups.label))
-    uniq = df.drop_duplicates(["setup_id", "seed"])
-    by_setup = {sid: {sel: dict(zip(g.seed, g[sel])) for sel in ("honest", "legacy")}
+    # only the four columns needed: each group's rows are taken from them alone
+    uniq = df[["setup_id", "seed", "honest", "legacy"]].drop_duplicates(["setup_id", "seed"])
+    by_setup = {sid: {sel: dict(zip(g.seed.tolist(), g[sel].tolist())) for sel in ("honest", "legacy")}
                 for sid, g in uniq.groupby("setup_id", sort=False)}
     keys = ["dataset", "backbone", "variant", "data_source"]
-    for key, group in setups.groupby(keys, sort=False):
-        fulls = group[group.method == "full"].setup_id
-        pefts = group[group.method != "full"]
-        for p in pefts.itertuples():
+    # the setups grouped by keys as groupby(keys, sort=False) would (first-seen order, rows with a
+    # missing key left out), in plain Python: a few dozen rows, where each pandas step costs more
+    groups: dict[tuple, list[tuple[str, str]]] = {}
+    for *key, method, sid in zip(*(setups[k].tolist() for k in keys), setups.method.tolist(),
+                                 setups.setup_id.tolist()):
+        if not any(pd.isna(k) for k in key):
+            groups.setdefault(tuple(key), []).append((method, sid))
+    for key, members in groups.items():
+        fulls = [sid for method, sid in members if method == "full"]
+        for method, peft in members:
+            if method == "full":
+                continue
             for f in fulls:
-                if comparable[p.setup_id] != comparable[f]:
+                if comparable[peft] != comparable[f]:
                     continue
-                a, b = by_setup[p.setup_id], by_setup[f]
+                a, b = by_setup[peft], by_setup[f]
                 seeds = sorted(set(a["honest"]) & set(b["honest"]))
                 if not seeds:
                     continue
-                row = dict(zip(keys, key), method=p.method, peft_setup=p.setup_id, full_setup=f,
-                           label=" / ".join(x for x in (labels[p.setup_id], labels[f]) if x),
+                row = dict(zip(keys, key), method=method, peft_setup=peft, full_setup=f,
+                           label=" / ".join(x for x in (labels[peft], labels[f]) if x),
                            comparable=comparable[f], seeds=",".join(map(str, seeds)), n=len(seeds))
                 for sel in ("honest", "legacy"):
                     diffs = [d for d in (float(a[sel][s] - b[sel][s]) for s in seeds) if not math.isnan(d)]
@@ -313,17 +362,31 @@ def _cost(r) -> list[str]:
 COST_HEADERS = ["trainable (M)", "compute (h)", "s/epoch", "peak mem. (GB)"]
 
 
-def _paper_cells(ref_rows: pd.DataFrame, notes: list[str]) -> tuple[str, str]:
-    if ref_rows.empty:
+def _paper_cells(ref_rows: list, notes: list[str]) -> tuple[str, str]:
+    """(accuracy, trainable parameters) cells of the paper rows ``ref_rows`` (``itertuples`` rows
+    of the reference), each accuracy marked with its source's number in ``notes``."""
+    if not ref_rows:
         return "not reported", "not reported"
     accs, params = [], []
-    for r in ref_rows.itertuples():
+    for r in ref_rows:
         if r.source not in notes:
             notes.append(r.source)
         mark = f" [{notes.index(r.source) + 1}]"
         accs.append(f"{r.accuracy or 'not reported'}{' (vote)' if r.voting == 'yes' else ''}{mark}")
         params.append(r.trainable_params_M or "not reported")
     return "; ".join(accs), "; ".join(dict.fromkeys(params))
+
+
+def _rows_by_key(frame: pd.DataFrame) -> dict[tuple, list]:
+    """(backbone, method, variant) -> the ``itertuples`` rows of ``frame`` with those values, in
+    order: what filtering ``frame`` on each key gives (a row with a missing value matches no key),
+    in one pass instead of one filter per key."""
+    out: dict[tuple, list] = {}
+    for r in frame.itertuples():
+        key = (r.backbone, r.method, r.variant)
+        if not any(pd.isna(k) for k in key):
+            out.setdefault(key, []).append(r)
+    return out
 
 
 def comparable_table(dataset: str, setups: pd.DataFrame, reference: pd.DataFrame) -> str:
@@ -336,13 +399,14 @@ def comparable_table(dataset: str, setups: pd.DataFrame, reference: pd.DataFrame
     order = frame.sort_values(["backbone", "method", "variant"], key=_order_key, kind="stable")
     notes: list[str] = []
     rows = []
+    ref_by, meas_by = _rows_by_key(ref), _rows_by_key(meas)
     for b, m, v in order.itertuples(index=False, name=None):
-        paper_acc, paper_params = _paper_cells(ref[(ref.backbone == b) & (ref.method == m) & (ref.variant == v)], notes)
-        mine = meas[(meas.backbone == b) & (meas.method == m) & (meas.variant == v)]
+        paper_acc, paper_params = _paper_cells(ref_by.get((b, m, v), []), notes)
+        mine = meas_by.get((b, m, v), [])
         head = [BACKBONE_TITLES.get(b, b), METHOD_TITLES.get(m, m), VARIANT_TITLES.get(v, v)]
-        if mine.empty:
+        if not mine:
             rows.append(head + ["", paper_acc, paper_params, "no run", "no run", "", "", "", ""])
-        for r in mine.itertuples():
+        for r in mine:
             rows.append(head + [r.label, paper_acc, paper_params,
                                 acc_cell(r.honest_mean, r.honest_std, r.honest_n, r.honest_kind),
                                 acc_cell(r.legacy_mean, r.legacy_std, r.legacy_n, r.legacy_kind), *_cost(r)])
@@ -429,7 +493,7 @@ def released_table(evals: list[dict], reference: pd.DataFrame) -> str:
         reasons = eval_not_comparable(r)
         ref = reference[(reference.backbone == r["backbone"]) & (reference.method == method)
                         & (reference.dataset == r["dataset"]) & (reference.variant == (r.get("variant") or ""))]
-        paper = "not comparable: " + "; ".join(reasons) if reasons else _paper_cells(ref, notes)[0]
+        paper = "not comparable: " + "; ".join(reasons) if reasons else _paper_cells(list(ref.itertuples()), notes)[0]
         vote = f"{m['acc_vote']:.2f} ({m['votes']} votes)" if m.get("acc_vote") is not None else ""
         majority = m.get("majority_baseline")
         rows.append([f"{DATASET_TITLES.get(r['dataset'], r['dataset'])} ({r['split']})",
