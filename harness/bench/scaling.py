@@ -108,15 +108,17 @@ def plot(entries: list[dict], path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
 
     rows = series(entries)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9), squeeze=False)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 10), squeeze=False)
     for c, axis in enumerate(("points", "batch")):
         for r, metric in enumerate(METRICS):
             ax = axes[r][c]
+            ys_all = []
             for row in (s for s in rows if s["axis"] == axis):
                 ys = row[metric] if metric == "train_step_s" else [y / 2**20 for y in row[metric]]
+                ys_all += ys
                 k = row[f"{metric}_exponent"]
                 label = f"{row['backbone']} / {row['method']}" + (f" (x^{k:.2f})" if k is not None else "")
                 ax.loglog(row["x"], ys, marker="o", label=label)
@@ -125,14 +127,20 @@ def plot(entries: list[dict], path) -> None:
                 ax.set_xticks(sizes)
                 ax.xaxis.set_major_formatter(ScalarFormatter())
                 ax.xaxis.set_minor_formatter(NullFormatter())
+            if ys_all and max(ys_all) < 10 * min(ys_all):  # under a decade: ticks at 1.2, 1.4, ... too
+                ax.yaxis.set_minor_locator(LogLocator(subs=(1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
             plain = FuncFormatter(lambda v, _: f"{v:g}")  # 1.5 and 300, not 1.5 x 10^0
             ax.yaxis.set_major_formatter(plain)
             ax.yaxis.set_minor_formatter(plain)
-            fixed = next((s["fixed"] for s in rows if s["axis"] == axis), "")
-            ax.set_xlabel(("input points" if axis == "points" else "batch size") + (f" ({fixed})" if fixed else ""))
+            # what is held fixed, per backbone when they differ (e.g. each one's own input size)
+            fixed = {s["backbone"]: s["fixed"] for s in rows if s["axis"] == axis}
+            held = (next(iter(fixed.values())) if len(set(fixed.values())) == 1
+                    else ", ".join(f"{b}: {f}" for b, f in fixed.items()))
+            ax.set_xlabel(("input points" if axis == "points" else "batch size") + (f" ({held})" if held else ""))
             ax.set_ylabel("seconds per training step" if metric == "train_step_s" else "peak train memory (MiB)")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            # below the panel, off the data
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.suptitle("Training-step cost curves (fitted growth exponent in the legend)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
