@@ -173,7 +173,7 @@ def tables_import_s() -> tuple[float, bool]:
         out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], cwd=ROOT, env=env, capture_output=True,
                              text=True, check=True).stdout.split()
         runs.append((float(out[0]), out[1] == "True"))
-    return median([t for t, _ in runs]), any(torch for _, torch in runs)
+    return median([t for t, _ in runs]), any(imported for _, imported in runs)
 
 
 def bench_tables(repeats: int, n_records: int | None = None) -> dict:
@@ -187,7 +187,7 @@ def bench_tables(repeats: int, n_records: int | None = None) -> dict:
     rng = random.Random(0)
     times, stages = [], []
     try:
-        import_s, torch = tables_import_s()
+        import_s, torch_imported = tables_import_s()
         with tempfile.TemporaryDirectory(prefix="bench-tables-") as tmp:
             runs = Path(tmp) / "runs"
             t_write = time.perf_counter()
@@ -217,7 +217,7 @@ def bench_tables(repeats: int, n_records: int | None = None) -> dict:
         return _entry(name, "error", f"error: loaded {len(records)} of {n_records} records")
     pick = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
     return _entry(name, "ok", f"the CLI's imports for tables (fresh interpreter, {import_s:.2f} s, torch "
-                  f"{'imported' if torch else 'not imported'}) + harness.results load_records_and_rows + compute (setups, "
+                  f"{'imported' if torch_imported else 'not imported'}) + harness.results load_records_and_rows + compute (setups, "
                   f"paired statistics) + load_reference + markdown; warm page cache; plots and file writes excluded; "
                   f"median of {repeats}; "
                   f"target < {TABLES_TARGET_S:g} s: {'pass' if median(times) < TABLES_TARGET_S else 'fail'}",

@@ -158,7 +158,7 @@ def record_row(r: dict) -> tuple | None:
     if r["status"] != "done":
         return None
     m = r["metrics"]
-    return (r, r.get("setup_id") or _setup_id(r), r["run_id"], r["dataset"], r["backbone"], r["method"],
+    return (r, _setup_id(r), r["run_id"], r["dataset"], r["backbone"], r["method"],
             r["variant"] or "", r["data_source"], r["seed"], m.get("acc_last"), m.get("acc_best_test"),
             m.get("acc_best_val"), m.get("acc_vote"), (r.get("params") or {}).get("trainable"),
             r.get("compute_time_s", r.get("wall_time_s")), r.get("seconds_per_epoch"),
