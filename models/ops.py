@@ -4,7 +4,8 @@ Pure-PyTorch implementations that reproduce the exact semantics of the CUDA kern
 official projects use (``pointnet2_ops.furthest_point_sample``, ``knn_cuda.KNN``) and of
 Point-BERT's ``knn_point``. When the CUDA extensions are importable and the tensors are on a
 CUDA device, the extensions are called instead; both paths give the same indices (up to the
-1-ulp FMA differences documented for the CUDA kernels).
+1-ulp FMA differences documented for the CUDA kernels). On the CPU, FPS runs a numba-compiled
+kernel when numba is installed (``models.ops_jit``, the ``jit`` extra): the same indices again.
 
 All functions are batched: inputs are (B, N, 3) and no Python loop runs over points (FPS
 iterates over its sample count, as the kernel does).
@@ -31,21 +32,45 @@ except Exception:  # noqa: BLE001
 _BROKEN: dict[str, str] = {}
 
 
-def _fallback(name: str, err: Exception) -> None:
+def _fallback(name: str, err: Exception, where: str = "on CUDA") -> None:
     """Disable a broken extension for this process and warn once."""
     if name not in _BROKEN:
         _BROKEN[name] = f"{type(err).__name__}: {err}".splitlines()[0]
-        warnings.warn(f"{name} is installed but failed on CUDA ({_BROKEN[name]}); using the pure-PyTorch "
+        warnings.warn(f"{name} is installed but failed {where} ({_BROKEN[name]}); using the pure-PyTorch "
                       "path instead (same indices, slower)", RuntimeWarning, stacklevel=3)
 
 
+_JIT_STATE: list = []   # [models.ops_jit, or None when numba is absent or broken], filled on first use
+
+
+def _jit():
+    """``models.ops_jit`` when numba is installed and the module imports, else None (imported on
+    first use: numba's import takes a fraction of a second that only FPS on the CPU needs)."""
+    if not _JIT_STATE:
+        try:
+            from models import ops_jit
+        except ModuleNotFoundError as err:   # numba not installed: the PyTorch paths run
+            if err.name not in ("numba", "llvmlite"):
+                _fallback("numba", err, "to import")
+            ops_jit = None
+        except Exception as err:  # noqa: BLE001 - installed but broken: fall back, warn once
+            _fallback("numba", err, "to import")
+            ops_jit = None
+        _JIT_STATE.append(ops_jit)
+    return None if "numba" in _BROKEN else _JIT_STATE[0]
+
+
 def kernels_used(device: torch.device | str | None = None) -> dict[str, str]:
-    """Which implementation FPS and kNN run on ``device``: {"fps": "pointnet2_ops" | "pytorch",
-    "knn": "knn_cuda" | "pytorch"} plus "broken": {extension: error} for extensions that
-    imported but failed (for the run record)."""
+    """Which implementation FPS and kNN run on ``device``: {"fps": "pointnet2_ops" | "numba" |
+    "pytorch", "knn": "knn_cuda" | "pytorch"} ("numba": the compiled CPU kernel, float32/64)
+    plus "broken": {extension: error} for extensions that imported but failed (for the run
+    record)."""
     cuda = device is not None and torch.device(device).type == "cuda"
-    out = {"fps": "pointnet2_ops" if cuda and _pn2 is not None and "pointnet2_ops" not in _BROKEN else "pytorch",
-           "knn": "knn_cuda" if cuda and _KnnCuda is not None and "knn_cuda" not in _BROKEN else "pytorch"}
+    if cuda:
+        fps = "pointnet2_ops" if _pn2 is not None and "pointnet2_ops" not in _BROKEN else "pytorch"
+    else:
+        fps = "numba" if _jit() is not None else "pytorch"
+    out = {"fps": fps, "knn": "knn_cuda" if cuda and _KnnCuda is not None and "knn_cuda" not in _BROKEN else "pytorch"}
     if _BROKEN:
         out["broken"] = dict(_BROKEN)
     return out
@@ -164,14 +189,25 @@ FPS_BLOCKS_MIN_POINTS = 4096
 def furthest_point_sample_fast(xyz: torch.Tensor, m: int) -> torch.Tensor:
     """Same indices as ``furthest_point_sample_reference``, faster.
 
-    On the CPU with N >= ``FPS_BLOCKS_MIN_POINTS`` finite points it runs
-    ``furthest_point_sample_blocks`` (only the blocks of points a new centre can get closer to
-    are updated); otherwise ``furthest_point_sample_dense``. Both give the reference's indices.
+    On the CPU, with finite float32/float64 points and numba installed, it runs the compiled
+    block-pruned kernel (``models.ops_jit.furthest_point_sample_jit``). Otherwise, on the CPU
+    with N >= ``FPS_BLOCKS_MIN_POINTS`` finite points, ``furthest_point_sample_blocks`` (only
+    the blocks of points a new centre can get closer to are updated), and else
+    ``furthest_point_sample_dense``. All give the reference's indices.
     """
     _check_fps_args(xyz, m)
-    if (xyz.device.type == "cpu" and xyz.shape[1] >= FPS_BLOCKS_MIN_POINTS
-            and bool(torch.isfinite(xyz).all())):
-        return furthest_point_sample_blocks(xyz, m)
+    if xyz.device.type == "cpu":
+        finite = None
+        jit = _jit() if xyz.dtype in (torch.float32, torch.float64) else None
+        if jit is not None:
+            finite = bool(torch.isfinite(xyz).all())
+            if finite:
+                try:
+                    return jit.furthest_point_sample_jit(xyz, m)
+                except Exception as err:  # noqa: BLE001 - a broken numba install: fall back, warn once
+                    _fallback("numba", err, "on the CPU")
+        if xyz.shape[1] >= FPS_BLOCKS_MIN_POINTS and (finite or (finite is None and bool(torch.isfinite(xyz).all()))):
+            return furthest_point_sample_blocks(xyz, m)
     return furthest_point_sample_dense(xyz, m)
 
 

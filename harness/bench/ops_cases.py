@@ -5,8 +5,8 @@ Cases (batch 32, points uniform in [-1, 1]^3, fixed seed):
   fps_8192_to_1024   FPS of 1024 of 8192 points (ModelNet40 8k -> 1k preprocessing scale)
   knn_32_of_2048     32 nearest of 2048 points for 128 centers (the FPS centers)
 
-"ours" is always the pure-PyTorch path of ``models.ops`` (what runs when the CUDA extensions
-are absent), on the bench device. Others, each timed when importable and skipped with a note
+"ours" is ``models.ops`` without the CUDA extensions, on the bench device: on the CPU the
+numba-compiled kernel when numba is installed (the PyTorch paths are timed beside it). Others, each timed when importable and skipped with a note
 when not: CPU - fpsample (FPS, one cloud per call, so the batch is a Python loop),
 torch_cluster, pytorch3d; CUDA - pointnet2_ops, knn_cuda, torch_cluster, pytorch3d.
 The implementations of a case are timed interleaved (each round calls each once, after one
@@ -43,10 +43,22 @@ def _fps_impls(device: str, quick: bool) -> list[tuple[str, Callable[[torch.Tens
     def ours(xyz, m):
         fn = _ours_fps()
         return lambda: fn(xyz, m)
-    path = (f" (on the CPU the block-pruned path for N >= {ops.FPS_BLOCKS_MIN_POINTS}, the dense loop below)"
-            if _ours_fps() is getattr(ops, "furthest_point_sample_fast", None) else "")
+    fast = _ours_fps() is getattr(ops, "furthest_point_sample_fast", None)
+    if fast and device == "cpu":
+        path = (" (on the CPU: the numba-compiled block-pruned kernel, models.ops_jit)"
+                if ops.kernels_used("cpu")["fps"] == "numba" else
+                f" (on the CPU, numba not installed: the block-pruned path for N >= {ops.FPS_BLOCKS_MIN_POINTS}, "
+                "the dense loop below)")
+    else:
+        path = ""
     impls.append(("ours", ours, f"models.ops.{_ours_fps().__name__}{path}; " + FPS_SEMANTICS))
     if not quick:
+        if device == "cpu" and hasattr(ops, "furthest_point_sample_blocks"):
+            def ours_blocks(xyz, m):
+                return lambda: ops.furthest_point_sample_blocks(xyz, m)
+            impls.append(("ours: PyTorch block-pruned", ours_blocks,
+                          "models.ops.furthest_point_sample_blocks (without numba the path for N >= "
+                          f"{ops.FPS_BLOCKS_MIN_POINTS}, the dense loop below that; same indices)"))
         def ours_ref(xyz, m):
             return lambda: ops.furthest_point_sample_reference(xyz, m)
         impls.append(("ours: reference loop", ours_ref,
