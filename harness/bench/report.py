@@ -101,14 +101,18 @@ def build_targets(report: dict) -> list[dict]:
             ("matrix", "matrix_1000_expand_dry_run", "expand + dry-run submit of a 1,000-run matrix",
              MATRIX_SECONDS),
             ("status", "status_1000_slurm_runs", "status of 1,000 SLURM runs", STATUS_SECONDS),
-            ("tables", "tables_from_100000_records", "tables from 100,000 records", TABLES_SECONDS)):
-        entry = next((e for e in report["tooling"] if e.get("id") == key), None)
+            ("tables", "tables_from_100000_records", "tables from 100,000 records (first run)", TABLES_SECONDS),
+            ("tables_again", "tables_from_100000_records_again",
+             "tables from 100,000 records again (unchanged ones from the row cache)", TABLES_SECONDS)):
+        entry = next((e for e in report["tooling"] if e.get("id") == key.removesuffix("_again")), None)
         value = entry["value"] if entry and entry.get("status") == "ok" else None
+        if key == "tables_again" and value is not None:
+            value = entry.get("values", {}).get("again_s")
         notes = "tooling part not run" if "tooling" not in parts else (
             entry["notes"] if entry and value is None else "")
         records = (entry or {}).get("values", {}).get("records")
         from harness.bench.tooling_cases import TABLE_RECORDS
-        if key == "tables" and value is not None and records != TABLE_RECORDS:
+        if key.startswith("tables") and value is not None and records != TABLE_RECORDS:
             value, notes = None, f"measured on {records:,} records (a --quick run), not {TABLE_RECORDS:,}"
         targets.append(_target(name, desc, value, threshold, "s", notes))
 

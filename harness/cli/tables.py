@@ -30,6 +30,11 @@ once, in batches). A record that cannot be read is named and skipped; the exit s
 The README block between {results.README_START} and {results.README_END} is written only
 with --readme (so regenerating tables leaves tracked files, and later runs' git_dirty, alone).
 
+Later runs are faster: RUNS/.tables-rows.json keeps what the tables took from each record, and
+a record whose file is unchanged (same inode, size and modification time; records are
+replaced, never edited in place) is not parsed again. It is rebuilt when the tables code
+changes; deleting it is always safe; --no-cache reads every record and leaves it alone.
+
 examples:
   python run_all.py tables
   python run_all.py tables --readme --no-plots"""
@@ -54,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     p.add_argument("--run-plots", action="store_true",
                    help="also plot every run of the non-comparable setups and their learning curves")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="parse every record, and neither read nor write RUNS/.tables-rows.json")
     p.set_defaults(func=run)
 
 
@@ -61,7 +68,7 @@ def run(args) -> int:
     start = time.perf_counter()
     outputs, t = results.build_outputs(args.runs, args.out, args.reference, readme=args.readme,
                                        plots_=args.plots, run_plots=args.run_plots, ask=jobs.scheduler_states,
-                                       evals_dir=args.evals)
+                                       evals_dir=args.evals, cache=args.cache)
     written = results.write_outputs(outputs)
     for path in written:
         print(f"wrote {path}")

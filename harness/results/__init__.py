@@ -78,7 +78,8 @@ class Tables:
 def compute(records: list[dict], problems: list[str] | None = None, rows: list | None = None) -> Tables:
     """Rows, setups and paired differences of the records (the cycle collector paused
     meanwhile: with 100,000 records in memory each of its passes would rescan them all).
-    ``rows``: ``tables.record_row`` of each record, as ``load_records_and_rows`` gives them."""
+    ``rows``: ``tables.record_row`` of each record, as ``load_records_and_rows`` gives them
+    (then ``records`` needs only the failed ones, as its row cache leaves them)."""
     with cyclic_gc_paused():
         runs, configs = tables.collect(records, rows)
         failed = [r for r in records if r["status"] == "failed"]
@@ -88,14 +89,16 @@ def compute(records: list[dict], problems: list[str] | None = None, rows: list |
 
 def build_outputs(runs_dir: Path | str, out_dir: Path | str, reference_path: Path | str,
                   readme: Path | str | None = None, plots_: bool = True, run_plots: bool = False,
-                  ask=None, evals_dir: Path | str | None = None) -> tuple[dict[Path, bytes], Tables]:
-    """Every output file's bytes, and the computed tables; nothing is written here.
+                  ask=None, evals_dir: Path | str | None = None,
+                  cache: bool = True) -> tuple[dict[Path, bytes], Tables]:
+    """Every output file's bytes, and the computed tables; nothing is written here but the runs
+    folder's row cache (``cache``: ``harness.results.rowcache``; unchanged records are not parsed).
 
     ``run_plots`` adds ``plots/runs.png`` (one point per run of the non-comparable setups) and
     ``plots/learning_curves.png`` (from each such run's metrics.csv). ``evals_dir``: eval records
     of ``run_all.py eval``, shown in their own "Released checkpoints" section."""
     out_dir = Path(out_dir)
-    records, rows, problems = load_records_and_rows(runs_dir, tables.record_row, ask)
+    records, rows, problems = load_records_and_rows(runs_dir, tables.record_row, ask, cache=cache)
     evals, eval_problems = load_eval_records(evals_dir)
     reference = load_reference(reference_path)
     t = compute(records, problems + eval_problems, rows)

@@ -7,12 +7,14 @@ the file (``problems``), and the command exits non-zero at the end. A run folder
 ended without writing a record (``job.json`` and a finished job, ``harness.jobs``) becomes an
 in-memory failed record, so tables count it.
 
-Loading is the hot path of ``run_all.py tables`` (100,000 records in a few seconds): one
-``os.open`` (relative to the open runs folder) and ``read`` per file, orjson to parse, a
-one-pass type check for the common case (``check_record``'s named checks only for the rest),
-the table row read while the record is fresh (``load_records_and_rows``), the cycle collector
-paused meanwhile. Two reading threads were tried and measured slower on two cores (the GIL
-passes at every system call).
+Loading is the hot path of ``run_all.py tables`` (100,000 records): one ``os.open``
+(relative to the open runs folder) and ``read`` per file, orjson to parse, a one-pass type
+check for the common case (``check_record``'s named checks only for the rest), the table row
+read while the record is fresh (``load_records_and_rows``), the cycle collector paused
+meanwhile. For ``tables`` the rows of unchanged records come from the row cache
+(``harness.results.rowcache``: one ``stat`` per record instead of a parse), and a first run
+over many records parses them in worker processes (``_parsed_in_workers``). Two reading
+threads were tried and measured slower on two cores (the GIL passes at every system call).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import json
 import math
 import operator
 import os
+import sys
 from pathlib import Path
 
 import orjson
@@ -182,13 +185,18 @@ def _parse(data: bytes) -> object:
 READ_SIZE = 1 << 16
 
 
-def _read(path: str | Path, dir_fd: int | None = None, rel: str | None = None) -> tuple[object, str | None]:
+def _read(path: str | Path, dir_fd: int | None = None, rel: str | None = None,
+          key: list | None = None) -> tuple[object, str | None]:
     """(parsed JSON, None), or (None, one line naming ``path``), or (None, "absent"). With
     ``dir_fd``, the file is opened as ``rel`` inside that open folder (the same file as ``path``:
-    fewer path components for the kernel to resolve: about a quarter less time per open here)."""
+    fewer path components for the kernel to resolve: about a quarter less time per open here).
+    ``key``: filled with the open file's [inode, size, mtime_ns] (the row cache's identity)."""
     try:   # os.open/os.read: fewer system calls than open(); this runs per record
         fd = os.open(path, os.O_RDONLY) if dir_fd is None else os.open(rel, os.O_RDONLY, dir_fd=dir_fd)
         try:
+            if key is not None:
+                st = os.fstat(fd)
+                key[:] = (st.st_ino, st.st_size, st.st_mtime_ns)
             data = os.read(fd, READ_SIZE)  # a record is a few KiB: one read, no stat
             if len(data) == READ_SIZE:     # a larger file: read the rest
                 data += b"".join(iter(lambda: os.read(fd, READ_SIZE), b""))
@@ -239,37 +247,175 @@ def cyclic_gc_paused():
             gc.enable()
 
 
-def _load_files(runs_dir: Path, names: list[str], row=None) -> tuple[list[dict], list, list[str], list[str]]:
-    """(records, ``row`` of each record (when given), problems, names without a result.json) of
-    the run folders ``names``."""
-    records, rows, problems, unrecorded = [], [], [], []
-    base = os.path.join(str(runs_dir), "")
-    dir_fd = None
+class CachedRecord:
+    """Stands, as the first item of a row, for a done record whose row came from the row cache
+    (``harness.results.rowcache``) unparsed; ``load()`` parses it (tables need one record per
+    setup: its config, data and checkpoint identity)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def load(self) -> dict:
+        """The record, or ``ResultsError`` when the file went bad since it was stat'ed."""
+        record, problem = _read(self.path)
+        if problem is None:
+            problem = check_record(record, Path(self.path))
+        if problem:
+            raise ResultsError(f"{self.path}: changed while the tables were read ({problem}); run again")
+        return _normalise(record)
+
+
+def _load_one(base: str, rel: str, dir_fd: int | None, key: list | None = None) -> tuple[dict | None, str | None]:
+    """(the record, None) or (None, one line naming the file | "absent") of ``base + rel``:
+    read, checked (the one-pass check, the named checks for the rest) and normalised."""
+    record, problem = _read(base + rel, dir_fd, rel, key)
+    if problem is None:
+        if not _plainly_good(record):
+            problem = check_record(record, Path(base + rel))
+        if problem is None and (record["variant"] is None or record.get("error") is not None):
+            _normalise(record)
+    return (None, problem) if problem else (record, None)
+
+
+def _open_dir(base: str) -> int | None:
     if os.open in os.supports_dir_fd:
         with contextlib.suppress(OSError):
-            dir_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            return os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    return None
+
+
+def _row_entries(base: str, names: list[str], row) -> list[tuple]:
+    """What the row cache keeps of each of ``names``, read in a worker process (see
+    ``_parsed_in_workers``): ("done", key, row without its record), ("failed", key, record),
+    ("problem", line) or ("absent",)."""
+    out = []
+    dir_fd = _open_dir(base)
+    try:
+        with cyclic_gc_paused():
+            for name in names:
+                key = []
+                record, problem = _load_one(base, f"{name}{os.sep}result.json", dir_fd, key)
+                if problem:
+                    out.append(("absent",) if problem == "absent" else ("problem", problem))
+                elif (made := row(record)) is None:
+                    out.append(("failed", key, record))
+                else:
+                    out.append(("done", key, list(made[1:])))
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    return out
+
+
+# A first ``tables`` run (no row cache) over at least this many records parses them in worker
+# processes, one per core (Linux, fork): 100,000 records of a real record's size take several
+# seconds to parse on one core.
+PARALLEL_MIN = 4096
+
+
+def _workers() -> int:
+    import multiprocessing
+
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return min(len(os.sched_getaffinity(0)), 8)
+
+
+def _parsed_in_workers(base: str, names: list[str], row) -> dict[str, tuple]:
+    """name -> ``_row_entries`` outcome of every one of ``names``, parsed in worker processes
+    ({} when there are too few names or cores, or the workers cannot start: then the caller
+    reads them itself)."""
+    workers = _workers()
+    if workers < 2 or len(names) < PARALLEL_MIN:
+        return {}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = -(-len(names) // (4 * workers))   # a few chunks per worker: even finish times
+    chunks = [names[i:i + size] for i in range(0, len(names), size)]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            done = list(pool.map(_row_entries, [base] * len(chunks), chunks, [row] * len(chunks)))
+    except Exception:  # noqa: BLE001 - no processes here (limits, a sandbox), a worker died: read serially
+        return {}
+    return {name: outcome for chunk, outcomes in zip(chunks, done) for name, outcome in zip(chunk, outcomes)}
+
+
+def _load_files(runs_dir: Path, names: list[str], row=None,
+                cached: dict | None = None) -> tuple[list[dict], list, list[str], list[str], dict | None]:
+    """(records, ``row`` of each record (when given), problems, names without a result.json,
+    row-cache entries) of the run folders ``names``.
+
+    With ``cached`` (``rowcache.read``'s entries; needs ``row``), a record whose file has the
+    identity its entry names is not read: a done one's row starts with a ``CachedRecord`` (and
+    ``records`` lacks it), a failed one is the entry's record. Many records missing from the
+    cache are parsed in worker processes (``_parsed_in_workers``), their done rows then starting
+    with a ``CachedRecord`` too. The entries of every good record are returned for
+    ``rowcache.write`` (None without ``cached``)."""
+    records, rows, problems, unrecorded = [], [], [], []
+    row_len = cached.get("", 0) if cached else 0     # "" holds the length of a done row
+    entries = None if cached is None else ({"": row_len} if row_len else {})
+    base = os.path.join(str(runs_dir), "")
+    pre = {} if cached is None else _parsed_in_workers(base, [n for n in names if n not in cached], row)
+    dir_fd = _open_dir(base)
     try:
         for name in names:        # the hot loop (100,000 records): plain strings, no Path objects
             rel = f"{name}{os.sep}result.json"
-            record, problem = _read(base + rel, dir_fd, rel)
-            if problem is None:
-                if not _plainly_good(record):
-                    problem = check_record(record, Path(base + rel))
-            elif problem == "absent":
+            key = None
+            if entries is not None:
+                key = []
+                hit = cached.get(name)   # (on a first run there is none: no stat, the read's fstat)
+                if hit is not None:
+                    try:   # one stat instead of open + read + close + parse, for an unchanged record
+                        st = os.stat(rel, dir_fd=dir_fd) if dir_fd is not None else os.stat(base + rel)
+                        key = [st.st_ino, st.st_size, st.st_mtime_ns]
+                    except OSError:
+                        pass   # absent or unreadable: the read below says which
+                elif name in pre:   # parsed by a worker
+                    hit = pre[name]
+                    if hit[0] == "done":
+                        hit = [*hit[1], "done", hit[2]]
+                        entries[""] = len(hit[4])
+                    elif hit[0] == "failed":
+                        hit = [*hit[1], "failed", hit[2]]
+                    else:
+                        (unrecorded.append(name) if hit[0] == "absent" else problems.append(hit[1]))
+                        continue
+                    key = hit[:3]
+                    row_len = entries.get("", row_len)
+                if type(hit) is list and len(hit) == 5 and hit[:3] == key:
+                    kind, payload = hit[3], hit[4]
+                    if kind == "done" and type(payload) is list and len(payload) == row_len:
+                        rows.append((CachedRecord(base + rel), *payload))
+                        entries[name] = hit
+                        continue
+                    if kind == "failed" and type(payload) is dict:
+                        records.append(payload)
+                        rows.append(None)
+                        entries[name] = hit
+                        continue
+            record, problem = _load_one(base, rel, dir_fd, key)
+            if problem == "absent":
                 unrecorded.append(name)
                 continue
             if problem:
                 problems.append(problem)
                 continue
-            if record["variant"] is None or record.get("error") is not None:
-                _normalise(record)
             records.append(record)
             if row is not None:
-                rows.append(row(record))
+                rows.append(made := row(record))
+                if key:   # this file's identity, from its fstat
+                    if made is None:
+                        entries[name] = key + ["failed", record]
+                    else:
+                        entries[name] = key + ["done", made[1:]]
+                        entries[""] = row_len = len(made) - 1
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
-    return records, rows, problems, unrecorded
+    return records, rows, problems, unrecorded, entries
 
 
 def load_records(runs_dir: Path | str, ask=None) -> tuple[list[dict], list[str]]:
@@ -280,18 +426,32 @@ def load_records(runs_dir: Path | str, ask=None) -> tuple[list[dict], list[str]]
     return records, problems
 
 
-def load_records_and_rows(runs_dir: Path | str, row, ask=None) -> tuple[list[dict], list, list[str]]:
+def load_records_and_rows(runs_dir: Path | str, row, ask=None,
+                          cache: bool = False) -> tuple[list[dict], list, list[str]]:
     """(records, rows, problems): ``load_records``, and ``row(record)`` of each record, in the
     same order (nothing when ``row`` is None). Each row is computed as soon as its record is
     read: a record just parsed is still in the CPU's caches, and reading its fields then costs a
-    fraction of a later pass over 100,000 records (``tables.collect``)."""
+    fraction of a later pass over 100,000 records (``tables.collect``).
+
+    ``cache`` (with ``tables.record_row`` as ``row``): keep rows between runs in the runs
+    folder's row cache (``harness.results.rowcache``) and parse only new or changed records.
+    Then ``records`` holds the parsed and the failed records only: the row of an unchanged done
+    record starts with a ``CachedRecord`` instead of the record."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ResultsError(f"runs directory not found: {runs_dir} (no runs yet, or a wrong --runs?)")
     with os.scandir(runs_dir) as entries:
         names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    tag = cached = None
     with cyclic_gc_paused():
-        records, rows, problems, unrecorded = _load_files(runs_dir, names, row)
+        if cache and row is not None:
+            from harness.results import rowcache
+
+            tag = rowcache.code_tag()
+            cached = rowcache.read(runs_dir, tag)
+        records, rows, problems, unrecorded, entries = _load_files(runs_dir, names, row, cached)
+        if entries is not None and entries != cached:
+            rowcache.write(runs_dir, tag, entries)
     if ask is not None and unrecorded:
         from harness import jobs, matrix
 

@@ -178,6 +178,8 @@ def collect(records: list[dict], rows: list | None = None) -> tuple[pd.DataFrame
     per_setup, configs = {}, {}
     for sid, r in zip(sids, done):
         if sid not in per_setup:   # one setup = one config, data and weights: computed once
+            if type(r) is not dict:   # a row from the row cache: its record, parsed now
+                r = r.load()
             per_setup[sid] = ("; ".join(why_not_comparable(r)), *baselines(r))
             configs[sid] = r.get("config") if isinstance(r.get("config"), dict) else {}
     setup_cells = [per_setup[sid] for sid in sids]

@@ -1,0 +1,164 @@
+"""The tables' row cache (``harness.results.rowcache``): a later ``tables`` run parses only new or
+changed records and gives byte for byte what a run without the cache gives; a changed, removed,
+added or bad record is seen; a broken, foreign or unwritable cache is never an error."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import results
+from harness.results import records as records_mod
+from harness.results import rowcache
+from tests.test_tables_golden import GOLDEN, REFERENCE, write_golden_runs
+
+
+def _outputs(runs: Path, out: Path, cache: bool = True) -> dict[str, bytes]:
+    outputs, t = results.build_outputs(runs, out, REFERENCE, plots_=False, cache=cache)
+    files = {path.name: data for path, data in outputs.items()}
+    files["problems.txt"] = "".join(p.replace(str(runs), "<runs>") + "\n" for p in t.problems).encode()
+    return files
+
+
+def _golden() -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in GOLDEN.iterdir()}
+
+
+@pytest.fixture()
+def parsed(monkeypatch):
+    """Counts the record files parsed (``records._read`` calls)."""
+    calls = []
+    real = records_mod._read
+
+    def counting(path, *args):
+        calls.append(str(path))
+        return real(path, *args)
+    monkeypatch.setattr(records_mod, "_read", counting)
+    return calls
+
+
+def test_a_cached_run_is_byte_identical_and_parses_only_what_it_must(tmp_path, parsed):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    assert _outputs(runs, tmp_path / "a") == _golden()          # builds the cache
+    first = len(parsed)
+    cache = json.loads((runs / rowcache.FILE).read_text())
+    assert cache["code"] == rowcache.code_tag() and len(cache["entries"]) > 200
+    parsed.clear()
+    outputs, t = results.build_outputs(runs, tmp_path / "b", REFERENCE, plots_=False)   # from the cache
+    again = len(parsed)
+    assert outputs[tmp_path / "b" / "tables.md"] == _golden()["tables.md"]
+    # read again: the 25 bad files (named every time), the folder without a record, and one
+    # record per setup (its config)
+    assert again <= 25 + 1 + len(t.setups) < first / 2, (again, first, len(t.setups))
+
+
+def test_changed_added_removed_and_broken_records_are_seen(tmp_path):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    _outputs(runs, tmp_path / "a")
+    done = sorted(p for p in runs.glob("*/result.json")
+                  if p.parent.name != ".hidden" and _status(p) == "done")
+    # a record replaced (as train does: atomically, a new file) with another accuracy
+    changed = json.loads(done[0].read_text())
+    changed["metrics"]["acc_last"] = 12.5
+    changed["metrics"]["acc_best_test"] = 12.5
+    results.write_record(done[0], changed)
+    done[1].unlink()                                             # a record removed
+    done[2].write_text("{ not json")                             # a record gone bad
+    added = dict(changed, run_id="zz-added", seed=99)             # a record added
+    results.write_record(runs / "zz-added" / "result.json", added)
+    want = _outputs(runs, tmp_path / "fresh", cache=False)
+    assert _outputs(runs, tmp_path / "cached") == want
+    assert want != _golden() and b"bad JSON" in want["problems.txt"]
+
+
+def _status(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+@pytest.mark.parametrize("content", [b"", b"{ broken", b"[]", b'{"code": "other", "entries": {}}',
+                                     b'{"code": "TAG", "entries": {"x": 1}}',
+                                     b'{"code": "TAG", "entries": {"": 18, "RUN": [1, 2, 3, "done", [1]]}}'])
+def test_a_broken_or_foreign_cache_is_ignored_and_replaced(tmp_path, content):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    name = sorted(p.parent.name for p in runs.glob("*/result.json") if _status(p) == "done")[0]
+    st = (runs / name / "result.json").stat()
+    content = content.replace(b"TAG", rowcache.code_tag().encode()).replace(
+        b"[1, 2, 3,", f"[{st.st_ino}, {st.st_size}, {st.st_mtime_ns},".encode()).replace(b"RUN", name.encode())
+    (runs / rowcache.FILE).write_bytes(content)
+    assert _outputs(runs, tmp_path / "a") == _golden()
+    assert json.loads((runs / rowcache.FILE).read_text())["code"] == rowcache.code_tag()
+
+
+def test_no_cache_neither_reads_nor_writes_it(tmp_path, parsed):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    assert _outputs(runs, tmp_path / "a", cache=False) == _golden()
+    assert not (runs / rowcache.FILE).exists()
+    _outputs(runs, tmp_path / "b")
+    parsed.clear()
+    assert _outputs(runs, tmp_path / "c", cache=False) == _golden()
+    assert len(parsed) > 200                                     # every record parsed again
+
+
+def test_a_runs_folder_that_cannot_be_written_gives_the_tables_without_a_cache(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(rowcache.tempfiles, "mkstemp_for", refuse)   # a read-only folder (also as root)
+    assert _outputs(runs, tmp_path / "a") == _golden()
+    assert not (runs / rowcache.FILE).exists()
+    assert rowcache.write(runs, "tag", {"": 1}) is False
+    monkeypatch.undo()
+    assert rowcache.write(runs, "tag", {"x": float("nan")}) is True   # orjson writes NaN as null
+    assert rowcache.write(runs, "tag", {"x": 1 << 70}) is False       # past 64 bits: no cache
+
+
+def test_the_cli_says_how_to_skip_the_cache(capsys):
+    from harness.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["tables", "--help"])
+    out = capsys.readouterr().out
+    assert "--no-cache" in out and ".tables-rows.json" in out
+
+
+def test_a_first_run_parses_in_worker_processes_with_the_same_output(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    monkeypatch.setattr(records_mod, "PARALLEL_MIN", 10)
+    monkeypatch.setattr(records_mod, "_workers", lambda: 2)
+    got = []
+    real = records_mod._parsed_in_workers
+
+    def spy(base, names, row):
+        got.append(real(base, names, row))
+        return got[-1]
+    monkeypatch.setattr(records_mod, "_parsed_in_workers", spy)
+    assert _outputs(runs, tmp_path / "a") == _golden()
+    kinds = {outcome[0] for outcome in got[0].values()}
+    assert len(got[0]) > 250 and kinds == {"done", "failed", "problem", "absent"}   # all from the workers
+    cached = json.loads((runs / rowcache.FILE).read_text())["entries"]
+    parsed, _ = records_mod._read(str(runs / rowcache.FILE))
+    assert parsed["entries"] == cached and _outputs(runs, tmp_path / "b") == _golden()
+
+
+def test_workers_that_cannot_start_leave_the_reading_to_the_caller(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    monkeypatch.setattr(records_mod, "PARALLEL_MIN", 10)
+    monkeypatch.setattr(records_mod, "_workers", lambda: 2)
+
+    def no_processes(*args, **kwargs):
+        raise OSError(11, "Resource temporarily unavailable")
+    import concurrent.futures
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_processes)
+    assert _outputs(runs, tmp_path / "a") == _golden()
