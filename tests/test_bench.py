@@ -95,6 +95,9 @@ def test_quick_cli_writes_json_markdown_and_readme_block(tiny_bench, tmp_path, c
         assert e["values"]["peak_train_memory_bytes"] >= 0 and e["batch"] == 2
         # one profiled step's peak of live tensors: recorded, and small at batch 2
         assert 0 < e["values"]["peak_train_tensor_bytes"] < 2**30
+        # training runs first (as in a training run); eval's peak is counted in live tensors, as a GPU does
+        assert 0 < e["values"]["peak_eval_memory_bytes"] <= e["values"]["peak_train_tensor_bytes"]
+        assert e["memory_method"].startswith("training first")
     assert by_method[("point_mae", "point_peft")]["notes"].startswith("random memory bank")
     assert by_method[("no_such_backbone", "full")]["status"] == "error"
 

@@ -9,9 +9,10 @@ memory of one case is not hidden by what an earlier case left allocated:
   steps after the warm-up; samples/s = batch / median step time;
 * eval = forward in eval mode under no_grad; same statistics;
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (absolute, and the increase over
-  what was allocated before the steps); on the CPU the peak resident-set increase over the
-  steps (VmHWM reset to VmRSS before them, read after). Eval runs first, then training, from
-  the same baseline, so the training figure is the peak over the whole measurement.
+  what was allocated before the steps; eval, then training); on the CPU training runs first,
+  as in a training run: the peak resident-set increase over the training steps (VmHWM reset to
+  VmRSS before them, read after), and the peak of live tensor bytes of one more training step
+  and of one more eval forward (``common.tensor_peak_bytes``: what a GPU's peak counts).
 
 Inputs are random: points uniform in [-1, 1]^3, 15 classes, the ScanObjectNN family's official
 geometry (Point-MAE / Point-M2AE: 2048 points; Point-BERT: its official 1024-point preset).
@@ -184,19 +185,25 @@ def measure_one(spec: dict) -> dict:
                   "peak_train_memory_abs_bytes": train_peak, "peak_eval_memory_abs_bytes": eval_peak}
         method = "torch.cuda.max_memory_allocated minus allocated before the steps (abs = including weights)"
     else:
+        # training first, as in a training run (an epoch of steps before its first evaluation):
+        # eval steps first would leave the C allocator's heap cut up in eval's sizes, which adds
+        # to the training peak RSS (measured: +190 MiB for Point-PEFT on Point-MAE, +0 for full)
         rss = PeakRSS().start()
-        model.eval()
-        eval_times = timed(eval_step, spec["eval_warmup"], spec["eval_steps"])
-        eval_peak = rss.peak_increase()
         model.train()
         train_times = timed(train_step, spec["warmup"], spec["steps"])
-        memory = {"peak_train_memory_bytes": rss.peak_increase(), "peak_eval_memory_bytes": eval_peak}
+        memory = {"peak_train_memory_bytes": rss.peak_increase()}
         # then one more training step, profiled: its peak of live tensor bytes (what
         # torch.cuda.max_memory_allocated counts on a GPU; RSS also counts glibc's kept heap)
         opt.zero_grad(set_to_none=True)
         memory["peak_train_tensor_bytes"] = tensor_peak_bytes(train_step)
-        method = (f"peak RSS increase over the steps ({rss.method}); tensors = peak live tensor bytes "
-                  "of one more training step (PyTorch profiler allocation events)")
+        model.eval()
+        eval_times = timed(eval_step, spec["eval_warmup"], spec["eval_steps"])
+        # eval's peak as a GPU counts it: live tensors of one more forward (its RSS, after
+        # training, would only repeat the training peak)
+        memory["peak_eval_memory_bytes"] = tensor_peak_bytes(eval_step)
+        method = (f"training first: peak RSS increase over the training steps ({rss.method}); tensors = "
+                  "peak live tensor bytes of one more training step (PyTorch profiler allocation events); "
+                  "eval = peak live tensor bytes of one more eval forward")
     train_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
     return {"train_cpu_s": cpu_s["train"], "eval_cpu_s": cpu_s["eval"],"train_step_s": train_s, "eval_step_s": eval_s,
             "train_samples_per_s": b / train_s, "eval_samples_per_s": b / eval_s,

@@ -254,7 +254,8 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                  _num(e.get("ratio_ours_over_this"), ".2f"), e["status"], e["notes"]] for e in report["ops"]]
         parts += [f"{h}# Ops",
                   f"Median seconds of {reps} repeats after a warm-up; ours / this > 1 means ours is slower. "
-                  "\"ours\" is the pure-PyTorch path of models/ops.py.",
+                  "\"ours\" is models/ops.py without the CUDA extensions: on the CPU the numba-compiled FPS kernel "
+                  "where numba is installed (its PyTorch paths are timed beside it).",
                   tabulate(rows, headers=["op", "implementation", "median (s)", "ours / this", "status", "notes"],
                            tablefmt="github", disable_numparse=True)]
 
@@ -281,7 +282,7 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
             rows.append(row)
         headers = ["backbone", "method", "precision", "points", "trainable (M)", "train (samples/s)",
                    "s / train step", "CPU s / train step", "eval (samples/s)", "s / eval step", "peak train mem",
-                   "peak train tensors", "peak eval mem"]
+                   "peak train tensors", "peak eval tensors"]
         if official:
             headers += ["official s/step train / eval / peak (reference)", "ours vs official train / eval"]
         headers.append("notes")
