@@ -62,9 +62,9 @@ def _jit():
 
 def kernels_used(device: torch.device | str | None = None) -> dict[str, str]:
     """Which implementation FPS and kNN run on ``device``: {"fps": "pointnet2_ops" | "numba" |
-    "pytorch", "knn": "knn_cuda" | "pytorch"} ("numba": the compiled CPU kernel, float32/64)
-    plus "broken": {extension: error} for extensions that imported but failed (for the run
-    record)."""
+    "pytorch", "knn": "knn_cuda" | "pytorch"} ("numba": the compiled CPU kernel, which runs for
+    finite float32/float64 points; others take the PyTorch paths, with the same indices) plus
+    "broken": {extension: error} for extensions that imported but failed (for the run record)."""
     cuda = device is not None and torch.device(device).type == "cuda"
     if cuda:
         fps = "pointnet2_ops" if _pn2 is not None and "pointnet2_ops" not in _BROKEN else "pytorch"

@@ -108,11 +108,16 @@ def furthest_point_sample_jit(xyz: torch.Tensor, m: int, block: int = 64) -> tor
     """Same indices as ``models.ops.furthest_point_sample_reference``, compiled (CPU).
 
     xyz (B, N, 3) float32 or float64 on the CPU, finite -> indices (B, m) int64. Arguments are
-    checked by the caller (``models.ops.furthest_point_sample_fast``). The first call in a
-    process compiles the kernel (about a second; cached on disk beside this file when the folder
-    is writable). Runs on the calling thread and releases the GIL meanwhile.
+    checked by the caller (``models.ops.furthest_point_sample_fast``); ``block`` (points per
+    block, >= 1) is a speed knob only. The first call in a process imports numba and compiles the
+    kernel (about 2.5 s on a 2-core machine; about 1 s when numba's on-disk cache beside this
+    file, written by an earlier process, can be used). Runs on the calling thread and releases
+    the GIL meanwhile.
     """
     from models.ops import FPS_SKIP_MAG2, _fps_priority_order, _morton_order
+
+    if int(block) < 1:
+        raise ValueError(f"furthest_point_sample_jit needs block >= 1, got {block}")
 
     b, n, _ = xyz.shape
     pts = xyz.detach()

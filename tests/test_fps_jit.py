@@ -95,3 +95,9 @@ def test_without_numba_the_pytorch_paths_run(monkeypatch):
     assert ops.kernels_used("cpu")["fps"] == "pytorch"
     xyz = torch.rand(1, ops.FPS_BLOCKS_MIN_POINTS, 3, generator=torch.Generator().manual_seed(8))
     assert torch.equal(ops.furthest_point_sample_fast(xyz, 20), ops.furthest_point_sample_reference(xyz, 20))
+
+
+@pytest.mark.parametrize("block", [0, -3])
+def test_jit_rejects_a_block_size_below_one(block):
+    with pytest.raises(ValueError, match="block >= 1"):
+        ops_jit.furthest_point_sample_jit(torch.rand(1, 10, 3), 3, block=block)

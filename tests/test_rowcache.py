@@ -4,6 +4,7 @@ added or bad record is seen; a broken, foreign or unwritable cache is never an e
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,8 @@ def test_a_cached_run_is_byte_identical_and_parses_only_what_it_must(tmp_path, p
     write_golden_runs(runs)
     assert _outputs(runs, tmp_path / "a") == _golden()          # builds the cache
     first = len(parsed)
-    cache = json.loads((runs / rowcache.FILE).read_text())
-    assert cache["code"] == rowcache.code_tag() and len(cache["entries"]) > 200
+    cache = rowcache.read(runs, rowcache.code_tag())
+    assert len(cache) > 200
     parsed.clear()
     outputs, t = results.build_outputs(runs, tmp_path / "b", REFERENCE, plots_=False)   # from the cache
     again = len(parsed)
@@ -81,19 +82,66 @@ def _status(path: Path) -> str | None:
         return None
 
 
-@pytest.mark.parametrize("content", [b"", b"{ broken", b"[]", b'{"code": "other", "entries": {}}',
-                                     b'{"code": "TAG", "entries": {"x": 1}}',
-                                     b'{"code": "TAG", "entries": {"": 18, "RUN": [1, 2, 3, "done", [1]]}}'])
-def test_a_broken_or_foreign_cache_is_ignored_and_replaced(tmp_path, content):
+def _signed(body: bytes, tag: str | None = None) -> bytes:
+    """A cache file: header (code tag, SHA-256 of the body), then the body."""
+    import hashlib
+
+    head = {"code": tag or rowcache.code_tag(), "sha256": hashlib.sha256(body).hexdigest()}
+    return json.dumps(head).encode() + b"\n" + body
+
+
+@pytest.mark.parametrize("case", ["empty", "garbage", "no body", "foreign code", "damaged body",
+                                  "entries not an object", "bad entries", "an empty row"])
+def test_a_broken_or_foreign_cache_is_ignored_and_replaced(tmp_path, case):
     runs = tmp_path / "runs"
     write_golden_runs(runs)
     name = sorted(p.parent.name for p in runs.glob("*/result.json") if _status(p) == "done")[0]
     st = (runs / name / "result.json").stat()
-    content = content.replace(b"TAG", rowcache.code_tag().encode()).replace(
-        b"[1, 2, 3,", f"[{st.st_ino}, {st.st_size}, {st.st_mtime_ns},".encode()).replace(b"RUN", name.encode())
+    key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    good = json.dumps({"": 18, name: key + ["done", [1] * 18]}).encode()
+    content = {"empty": b"", "garbage": b"{ broken\n[]", "no body": _signed(b"")[:-1],
+               "foreign code": _signed(good, "other"),
+               "damaged body": _signed(good).replace(b"[1, 1", b"[2, 1"),       # the hash no longer matches
+               "entries not an object": _signed(b"[1, 2]"),
+               "bad entries": _signed(json.dumps({"": 18, "x": 1, name: key + ["done", [1]]}).encode()),
+               "an empty row": _signed(json.dumps({"": 0, name: key + ["done", []]}).encode())}[case]
     (runs / rowcache.FILE).write_bytes(content)
     assert _outputs(runs, tmp_path / "a") == _golden()
-    assert json.loads((runs / rowcache.FILE).read_text())["code"] == rowcache.code_tag()
+    header = (runs / rowcache.FILE).read_bytes().partition(b"\n")[0]
+    assert json.loads(header)["code"] == rowcache.code_tag()
+
+
+def test_values_json_would_change_are_never_served_from_the_cache(tmp_path):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    done = sorted(p for p in runs.glob("*/result.json") if _status(p) == "done")
+    rec = json.loads(done[0].read_text())
+    rec["compute_time_s"] = float("inf")                   # json writes Infinity; orjson would give null
+    done[0].write_text(json.dumps(rec))
+    rec = json.loads(done[1].read_text())
+    rec["run_id"] = rec["run_id"] + "-\udcff"              # a lone surrogate (a non-UTF-8 name)
+    done[1].write_text(json.dumps(rec))
+    want = _outputs(runs, tmp_path / "fresh", cache=False)
+    assert _outputs(runs, tmp_path / "first") == want
+    entries = rowcache.read(runs, rowcache.code_tag())
+    assert done[0].parent.name not in entries and done[1].parent.name not in entries
+    assert len(entries) > 200                              # the others are kept
+    assert _outputs(runs, tmp_path / "again") == want
+
+
+def test_a_chmod_or_an_edit_that_keeps_the_mtime_is_seen(tmp_path):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    _outputs(runs, tmp_path / "a")
+    path = sorted(p for p in runs.glob("*/result.json") if _status(p) == "done")[0]
+    st = path.stat()
+    rec = json.loads(path.read_text())
+    rec["metrics"]["acc_last"] = rec["metrics"]["acc_best_test"] = 12.5
+    with open(path, "r+") as f:                             # edited in place, mtime put back
+        f.write(json.dumps(rec).ljust(st.st_size))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_ino == st.st_ino
+    assert _outputs(runs, tmp_path / "b") == _outputs(runs, tmp_path / "fresh", cache=False) != _golden()
 
 
 def test_no_cache_neither_reads_nor_writes_it(tmp_path, parsed):
@@ -146,9 +194,11 @@ def test_a_first_run_parses_in_worker_processes_with_the_same_output(tmp_path, m
     assert _outputs(runs, tmp_path / "a") == _golden()
     kinds = {outcome[0] for outcome in got[0].values()}
     assert len(got[0]) > 250 and kinds == {"done", "failed", "problem", "absent"}   # all from the workers
-    cached = json.loads((runs / rowcache.FILE).read_text())["entries"]
-    parsed, _ = records_mod._read(str(runs / rowcache.FILE))
-    assert parsed["entries"] == cached and _outputs(runs, tmp_path / "b") == _golden()
+    parallel = rowcache.read(runs, rowcache.code_tag())
+    (runs / rowcache.FILE).unlink()
+    monkeypatch.setattr(records_mod, "_workers", lambda: 1)          # the same first run, serially
+    assert _outputs(runs, tmp_path / "b") == _golden()
+    assert rowcache.read(runs, rowcache.code_tag()) == parallel and len(parallel) > 200
 
 
 def test_workers_that_cannot_start_leave_the_reading_to_the_caller(tmp_path, monkeypatch):

@@ -31,9 +31,11 @@ The README block between {results.README_START} and {results.README_END} is writ
 with --readme (so regenerating tables leaves tracked files, and later runs' git_dirty, alone).
 
 Later runs are faster: RUNS/.tables-rows.json keeps what the tables took from each record, and
-a record whose file is unchanged (same inode, size and modification time; records are
-replaced, never edited in place) is not parsed again. It is rebuilt when the tables code
-changes; deleting it is always safe; --no-cache reads every record and leaves it alone.
+a record whose file is unchanged (same inode, size, modification and change time; records are
+replaced, never edited in place) is not parsed again, except one record per setup for its
+config. It is rebuilt when the tables code changes; deleting it is always safe. A first run
+over 4,096 or more unparsed records parses them in worker processes, one per core (up to 8;
+Linux). --no-cache parses every record in this process and neither reads nor writes the file.
 
 examples:
   python run_all.py tables
@@ -60,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-plots", action="store_true",
                    help="also plot every run of the non-comparable setups and their learning curves")
     p.add_argument("--no-cache", dest="cache", action="store_false",
-                   help="parse every record, and neither read nor write RUNS/.tables-rows.json")
+                   help="parse every record in this process, and neither read nor write RUNS/.tables-rows.json")
     p.set_defaults(func=run)
 
 

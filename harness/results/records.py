@@ -30,6 +30,7 @@ from pathlib import Path
 import orjson
 
 from harness import tempfiles
+from harness.results import rowcache
 from models.errors import BenchError
 
 SCHEMA_VERSION = 2
@@ -190,13 +191,14 @@ def _read(path: str | Path, dir_fd: int | None = None, rel: str | None = None,
     """(parsed JSON, None), or (None, one line naming ``path``), or (None, "absent"). With
     ``dir_fd``, the file is opened as ``rel`` inside that open folder (the same file as ``path``:
     fewer path components for the kernel to resolve: about a quarter less time per open here).
-    ``key``: filled with the open file's [inode, size, mtime_ns] (the row cache's identity)."""
+    ``key``: filled with the open file's [inode, size, mtime_ns, ctime_ns] (the row cache's
+    identity of a file)."""
     try:   # os.open/os.read: fewer system calls than open(); this runs per record
         fd = os.open(path, os.O_RDONLY) if dir_fd is None else os.open(rel, os.O_RDONLY, dir_fd=dir_fd)
         try:
             if key is not None:
                 st = os.fstat(fd)
-                key[:] = (st.st_ino, st.st_size, st.st_mtime_ns)
+                key[:] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             data = os.read(fd, READ_SIZE)  # a record is a few KiB: one read, no stat
             if len(data) == READ_SIZE:     # a larger file: read the rest
                 data += b"".join(iter(lambda: os.read(fd, READ_SIZE), b""))
@@ -262,8 +264,9 @@ class CachedRecord:
         record, problem = _read(self.path)
         if problem is None:
             problem = check_record(record, Path(self.path))
-        if problem:
-            raise ResultsError(f"{self.path}: changed while the tables were read ({problem}); run again")
+        if problem:   # replaced or removed between its stat and now (a job finishing meanwhile)
+            raise ResultsError(f"{self.path}: changed while the tables were read "
+                               f"({'removed' if problem == 'absent' else problem}); run tables again")
         return _normalise(record)
 
 
@@ -289,6 +292,7 @@ def _open_dir(base: str) -> int | None:
 def _row_entries(base: str, names: list[str], row) -> list[tuple]:
     """What the row cache keeps of each of ``names``, read in a worker process (see
     ``_parsed_in_workers``): ("done", key, row without its record), ("failed", key, record),
+    ("record", record: a good record the cache cannot keep, see ``rowcache.keeps``),
     ("problem", line) or ("absent",)."""
     out = []
     dir_fd = _open_dir(base)
@@ -300,9 +304,11 @@ def _row_entries(base: str, names: list[str], row) -> list[tuple]:
                 if problem:
                     out.append(("absent",) if problem == "absent" else ("problem", problem))
                 elif (made := row(record)) is None:
-                    out.append(("failed", key, record))
-                else:
+                    out.append(("failed", key, record) if rowcache.keeps_record(record) else ("record", record))
+                elif rowcache.keeps(made[1:]):
                     out.append(("done", key, list(made[1:])))
+                else:
+                    out.append(("record", record))
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
@@ -370,24 +376,28 @@ def _load_files(runs_dir: Path, names: list[str], row=None,
                 if hit is not None:
                     try:   # one stat instead of open + read + close + parse, for an unchanged record
                         st = os.stat(rel, dir_fd=dir_fd) if dir_fd is not None else os.stat(base + rel)
-                        key = [st.st_ino, st.st_size, st.st_mtime_ns]
+                        key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
                     except OSError:
                         pass   # absent or unreadable: the read below says which
                 elif name in pre:   # parsed by a worker
                     hit = pre[name]
                     if hit[0] == "done":
                         hit = [*hit[1], "done", hit[2]]
-                        entries[""] = len(hit[4])
+                        entries[""] = len(hit[5])
                     elif hit[0] == "failed":
                         hit = [*hit[1], "failed", hit[2]]
+                    elif hit[0] == "record":   # good, but not for the cache: as if read here
+                        records.append(hit[1])
+                        rows.append(row(hit[1]))
+                        continue
                     else:
                         (unrecorded.append(name) if hit[0] == "absent" else problems.append(hit[1]))
                         continue
-                    key = hit[:3]
+                    key = hit[:4]
                     row_len = entries.get("", row_len)
-                if type(hit) is list and len(hit) == 5 and hit[:3] == key:
-                    kind, payload = hit[3], hit[4]
-                    if kind == "done" and type(payload) is list and len(payload) == row_len:
+                if type(hit) is list and len(hit) == 6 and hit[:4] == key:
+                    kind, payload = hit[4], hit[5]
+                    if kind == "done" and type(payload) is list and row_len and len(payload) == row_len:
                         rows.append((CachedRecord(base + rel), *payload))
                         entries[name] = hit
                         continue
@@ -406,10 +416,11 @@ def _load_files(runs_dir: Path, names: list[str], row=None,
             records.append(record)
             if row is not None:
                 rows.append(made := row(record))
-                if key:   # this file's identity, from its fstat
+                if key:   # this file's identity, from its fstat; kept if JSON gives it back as it is
                     if made is None:
-                        entries[name] = key + ["failed", record]
-                    else:
+                        if rowcache.keeps_record(record):
+                            entries[name] = key + ["failed", record]
+                    elif rowcache.keeps(made[1:]):
                         entries[name] = key + ["done", made[1:]]
                         entries[""] = row_len = len(made) - 1
     finally:
@@ -445,8 +456,6 @@ def load_records_and_rows(runs_dir: Path | str, row, ask=None,
     tag = cached = None
     with cyclic_gc_paused():
         if cache and row is not None:
-            from harness.results import rowcache
-
             tag = rowcache.code_tag()
             cached = rowcache.read(runs_dir, tag)
         records, rows, problems, unrecorded, entries = _load_files(runs_dir, names, row, cached)

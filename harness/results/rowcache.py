@@ -1,22 +1,27 @@
 """The table rows of unchanged result records, kept between ``tables`` runs.
 
 ``<runs>/.tables-rows.json`` maps each run folder to the identity of its ``result.json`` when it
-was last read (inode, size, modification time in ns) and what ``tables`` took from it: the row
-of a done record (``harness.results.tables.record_row`` without the record itself) or the whole
-failed record. A later ``tables`` run stats each ``result.json`` (one system call) and parses only
-the files whose identity changed: records are written by atomic rename (a new inode), so a
-rewritten record never matches its old entry. Bad files are not kept (they are named on every
-run), nor is anything when the loading code changed (the cache is tagged with a hash of the
-code that makes rows).
+was last read (inode, size, modification and change times in ns) and what ``tables`` took from
+it: the row of a done record (``harness.results.tables.record_row`` without the record itself)
+or the whole failed record. A later ``tables`` run stats each ``result.json`` (one system call)
+and parses only the files whose identity changed (and, per setup, one record for its config):
+records are written by atomic rename (a new inode), and a chmod or an edit that keeps the
+modification time still changes the change time. Bad files are not kept (they are named on every
+run), nor a record whose values JSON would not give back as they are (an infinite number, a
+lone surrogate), nor anything when the loading code changed (the cache is tagged with a hash of
+the code that makes rows).
 
-JSON, not pickle: the runs folder may be shared, and loading it runs no code. Reading and
-writing are best effort: a missing, unreadable, malformed or foreign file is an empty cache;
-a folder that cannot be written is left without one. Deleting the file is always safe.
+The file is a header line (the code tag and the SHA-256 of the rest), then the entries as JSON:
+JSON, not pickle, because the runs folder may be shared and loading it must run no code; the
+hash, so that a damaged file is an empty cache, never a wrong table. Reading and writing are
+best effort: a missing, unreadable, damaged or foreign file is an empty cache; a folder that
+cannot be written is left without one. Deleting the file is always safe.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -40,16 +45,49 @@ def code_tag() -> str:
 
 
 def read(runs_dir: Path | str, tag: str) -> dict[str, list]:
-    """name -> [inode, size, mtime_ns, kind ("done" | "failed"), payload]; {} when there is no
-    usable cache."""
+    """name -> [inode, size, mtime_ns, ctime_ns, kind ("done" | "failed"), payload], and "" -> the
+    length of a done row's payload; {} when there is no usable cache."""
     try:
         with open(os.path.join(runs_dir, FILE), "rb") as f:
-            data = orjson.loads(f.read())
+            header, _, body = f.read().partition(b"\n")
+        head = orjson.loads(header)
+        if (type(head) is not dict or head.get("code") != tag
+                or head.get("sha256") != hashlib.sha256(body).hexdigest()):
+            return {}
+        entries = orjson.loads(body)
     except (OSError, orjson.JSONDecodeError):
         return {}
-    if type(data) is not dict or data.get("code") != tag or type(data.get("entries")) is not dict:
-        return {}
-    return data["entries"]
+    return entries if type(entries) is dict else {}
+
+
+def keeps(values) -> bool:
+    """Whether JSON gives ``values`` (a row's cells) back as they are: finite floats, 64-bit
+    integers, strings without lone surrogates."""
+    for v in values:
+        t = type(v)
+        if t is float:
+            if not math.isfinite(v):
+                return False
+        elif t is str:
+            if not v.isascii():
+                try:
+                    v.encode()
+                except UnicodeEncodeError:
+                    return False
+        elif t is int:
+            if not -(1 << 63) <= v < (1 << 64):
+                return False
+        elif v is not None and t is not bool:
+            return False
+    return True
+
+
+def keeps_record(record: dict) -> bool:
+    """Whether JSON gives ``record`` (a whole failed record) back as it is."""
+    try:
+        return orjson.loads(orjson.dumps(record)) == record
+    except (TypeError, orjson.JSONEncodeError, orjson.JSONDecodeError):
+        return False
 
 
 def write(runs_dir: Path | str, tag: str, entries: dict[str, list]) -> bool:
@@ -57,14 +95,15 @@ def write(runs_dir: Path | str, tag: str, entries: dict[str, list]) -> bool:
     be written (a read-only folder, a full disk, a value JSON cannot hold)."""
     path = Path(runs_dir) / FILE
     try:
-        data = orjson.dumps({"code": tag, "entries": entries})
+        body = orjson.dumps(entries)
     except (TypeError, orjson.JSONEncodeError):
         return False
+    header = orjson.dumps({"code": tag, "sha256": hashlib.sha256(body).hexdigest()})
     tmp = None
     try:
         fd, tmp = tempfiles.mkstemp_for(path)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(header + b"\n" + body)
         os.chmod(tmp, tempfiles.shared_mode())
         os.replace(tmp, path)
         return True
