@@ -129,7 +129,7 @@ def test_values_json_would_change_are_never_served_from_the_cache(tmp_path):
     assert _outputs(runs, tmp_path / "again") == want
 
 
-def test_a_chmod_or_an_edit_that_keeps_the_mtime_is_seen(tmp_path):
+def test_a_chmod_or_an_edit_that_keeps_the_mtime_is_seen(tmp_path, parsed):
     runs = tmp_path / "runs"
     write_golden_runs(runs)
     _outputs(runs, tmp_path / "a")
@@ -141,7 +141,13 @@ def test_a_chmod_or_an_edit_that_keeps_the_mtime_is_seen(tmp_path):
         f.write(json.dumps(rec).ljust(st.st_size))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_ino == st.st_ino
-    assert _outputs(runs, tmp_path / "b") == _outputs(runs, tmp_path / "fresh", cache=False) != _golden()
+    parsed.clear()
+    assert _outputs(runs, tmp_path / "b") == _outputs(runs, tmp_path / "fresh", cache=False)
+    assert str(path) in parsed[:len(parsed) // 2 + 1]           # the cached run read it again (its ctime)
+    parsed.clear()
+    path.chmod(0o600)                                            # a chmod alone: read again too
+    _outputs(runs, tmp_path / "c")
+    assert str(path) in parsed
 
 
 def test_no_cache_neither_reads_nor_writes_it(tmp_path, parsed):

@@ -136,11 +136,14 @@ def plot(entries: list[dict], path) -> None:
             fixed = {s["backbone"]: s["fixed"] for s in rows if s["axis"] == axis}
             held = (next(iter(fixed.values())) if len(set(fixed.values())) == 1
                     else ", ".join(f"{b}: {f}" for b, f in fixed.items()))
-            ax.set_xlabel(("input points" if axis == "points" else "batch size") + (f" ({held})" if held else ""))
+            label = ("input points" if axis == "points" else "batch size") + (f" ({held})" if held else "")
+            two_lines = len(label) > 60   # per-backbone sizes: on a second line, inside the panel's width
+            ax.set_xlabel(label.replace(" (", "\n(", 1) if two_lines else label, fontsize=9 if two_lines else None)
             ax.set_ylabel("seconds per training step" if metric == "train_step_s" else "peak train memory (MiB)")
             ax.grid(True, which="both", alpha=0.3)
             # below the panel, off the data
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2 if two_lines else -0.14), ncol=2,
+                      frameon=False)
     fig.suptitle("Training-step cost curves (fitted growth exponent in the legend)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
