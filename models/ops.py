@@ -196,17 +196,14 @@ def furthest_point_sample_fast(xyz: torch.Tensor, m: int) -> torch.Tensor:
     ``furthest_point_sample_dense``. All give the reference's indices.
     """
     _check_fps_args(xyz, m)
-    if xyz.device.type == "cpu":
-        finite = None
+    if xyz.device.type == "cpu" and bool(torch.isfinite(xyz).all()):   # both pruned paths need finite boxes
         jit = _jit() if xyz.dtype in (torch.float32, torch.float64) else None
         if jit is not None:
-            finite = bool(torch.isfinite(xyz).all())
-            if finite:
-                try:
-                    return jit.furthest_point_sample_jit(xyz, m)
-                except Exception as err:  # noqa: BLE001 - a broken numba install: fall back, warn once
-                    _fallback("numba", err, "on the CPU")
-        if xyz.shape[1] >= FPS_BLOCKS_MIN_POINTS and (finite or (finite is None and bool(torch.isfinite(xyz).all()))):
+            try:
+                return jit.furthest_point_sample_jit(xyz, m)
+            except Exception as err:  # noqa: BLE001 - a broken numba install: fall back, warn once
+                _fallback("numba", err, "on the CPU")
+        if xyz.shape[1] >= FPS_BLOCKS_MIN_POINTS:
             return furthest_point_sample_blocks(xyz, m)
     return furthest_point_sample_dense(xyz, m)
 

@@ -27,12 +27,18 @@ def _clouds(kind: str, n: int, dtype: torch.dtype, gen: torch.Generator) -> torc
 @pytest.mark.parametrize("n,block", [(1, 64), (7, 4), (100, 16), (333, 64), (1000, 32)])
 def test_blocks_give_the_reference_indices(dtype, kind, n, block):
     # n = 7, 100, 333, 1000 are not multiples of the block size (padding points)
+    check_against_reference(ops.furthest_point_sample_blocks, dtype, kind, n, block)
+
+
+def check_against_reference(fps, dtype: torch.dtype, kind: str, n: int, block: int) -> None:
+    """``fps(xyz, m, block=block)`` gives the reference's int64 indices on three clouds of
+    ``kind`` for several m (m > n included)."""
     gen = torch.Generator().manual_seed(n + block)
     xyz = _clouds(kind, n, dtype, gen)
     for m in sorted({1, 2, min(n, 48), n + 3}):
         want = ops.furthest_point_sample_reference(xyz, m)
-        got = ops.furthest_point_sample_blocks(xyz, m, block=block)
-        assert torch.equal(got, want), (kind, n, block, m)
+        got = fps(xyz, m, block=block)
+        assert got.dtype == torch.int64 and torch.equal(got, want), (kind, n, block, m)
 
 
 def test_blocks_handle_a_lone_far_point_and_origin_start():

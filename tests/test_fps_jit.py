@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import ops
-from tests.test_fps_blocks import _clouds
+from tests.test_fps_blocks import check_against_reference
 
 ops_jit = pytest.importorskip("models.ops_jit", reason="numba is not installed (the jit extra)")
 
@@ -17,12 +17,7 @@ ops_jit = pytest.importorskip("models.ops_jit", reason="numba is not installed (
 @pytest.mark.parametrize("n,block", [(1, 64), (7, 4), (100, 16), (333, 64), (1000, 32), (2048, 64)])
 def test_jit_gives_the_reference_indices(dtype, kind, n, block):
     # n not a multiple of the block: a shorter last block; grid/duplicates: ties across blocks
-    gen = torch.Generator().manual_seed(n + block)
-    xyz = _clouds(kind, n, dtype, gen)
-    for m in sorted({1, 2, min(n, 48), n + 3}):
-        want = ops.furthest_point_sample_reference(xyz, m)
-        got = ops_jit.furthest_point_sample_jit(xyz, m, block=block)
-        assert got.dtype == torch.int64 and torch.equal(got, want), (kind, n, block, m)
+    check_against_reference(ops_jit.furthest_point_sample_jit, dtype, kind, n, block)
 
 
 def test_jit_on_a_large_batch_matches_the_block_pruned_path():

@@ -199,7 +199,9 @@ def test_a_first_run_parses_in_worker_processes_with_the_same_output(tmp_path, m
     monkeypatch.setattr(records_mod, "_parsed_in_workers", spy)
     assert _outputs(runs, tmp_path / "a") == _golden()
     kinds = {outcome[0] for outcome in got[0].values()}
-    assert len(got[0]) > 250 and kinds == {"done", "failed", "problem", "absent"}   # all from the workers
+    entry_kinds = {value[4] for kind, value in got[0].values() if kind == "entry"}
+    assert len(got[0]) > 250 and kinds == {"entry", "problem", "absent"}           # all from the workers
+    assert entry_kinds == {"done", "failed"}
     parallel = rowcache.read(runs, rowcache.code_tag())
     (runs / rowcache.FILE).unlink()
     monkeypatch.setattr(records_mod, "_workers", lambda: 1)          # the same first run, serially

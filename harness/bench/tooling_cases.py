@@ -258,8 +258,9 @@ def bench_tables(repeats: int, n_records: int | None = None) -> dict:
         return _entry(name, "skipped", f"skipped: the results tooling failed: {short_error(err)}")
     if len(rows) != n_records or "|" not in text:
         return _entry(name, "error", f"error: tabulated {len(rows)} of {n_records} records")
-    pick = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
-    pick_again = sorted(range(len(again)), key=again.__getitem__)[len(again) // 2]
+    def median_at(xs: list[float]) -> int:   # the repeat whose time is the median: its stages
+        return sorted(range(len(xs)), key=xs.__getitem__)[len(xs) // 2]
+    pick, pick_again = median_at(times), median_at(again)
     verdict = {True: "pass", False: "fail"}
     return _entry(name, "ok", f"the CLI's imports for tables (fresh interpreter, {import_s:.2f} s, torch "
                   f"{'imported' if torch_imported else 'not imported'}) + harness.results load_records_and_rows + compute (setups, "

@@ -289,11 +289,19 @@ def _open_dir(base: str) -> int | None:
     return None
 
 
+def _cache_entry(key: list, record: dict, made: tuple | None) -> list | None:
+    """The row cache's entry of a good record: ``key`` + ["done", its row without the record]
+    or ``key`` + ["failed", the record] (``made``: its row, None for a failed one); None when
+    JSON would not give it back as it is (``rowcache.keeps``)."""
+    if made is None:
+        return key + ["failed", record] if rowcache.keeps_record(record) else None
+    return key + ["done", list(made[1:])] if rowcache.keeps(made[1:]) else None
+
+
 def _row_entries(base: str, names: list[str], row) -> list[tuple]:
     """What the row cache keeps of each of ``names``, read in a worker process (see
-    ``_parsed_in_workers``): ("done", key, row without its record), ("failed", key, record),
-    ("record", record: a good record the cache cannot keep, see ``rowcache.keeps``),
-    ("problem", line) or ("absent",)."""
+    ``_parsed_in_workers``): ("entry", ``_cache_entry``), ("record", a good record the cache
+    cannot keep), ("problem", line) or ("absent", None)."""
     out = []
     dir_fd = _open_dir(base)
     try:
@@ -302,11 +310,9 @@ def _row_entries(base: str, names: list[str], row) -> list[tuple]:
                 key = []
                 record, problem = _load_one(base, f"{name}{os.sep}result.json", dir_fd, key)
                 if problem:
-                    out.append(("absent",) if problem == "absent" else ("problem", problem))
-                elif (made := row(record)) is None:
-                    out.append(("failed", key, record) if rowcache.keeps_record(record) else ("record", record))
-                elif rowcache.keeps(made[1:]):
-                    out.append(("done", key, list(made[1:])))
+                    out.append(("absent", None) if problem == "absent" else ("problem", problem))
+                elif (entry := _cache_entry(key, record, row(record))) is not None:
+                    out.append(("entry", entry))
                 else:
                     out.append(("record", record))
     finally:
@@ -379,22 +385,18 @@ def _load_files(runs_dir: Path, names: list[str], row=None,
                         key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
                     except OSError:
                         pass   # absent or unreadable: the read below says which
-                elif name in pre:   # parsed by a worker
-                    hit = pre[name]
-                    if hit[0] == "done":
-                        hit = [*hit[1], "done", hit[2]]
-                        entries[""] = len(hit[5])
-                    elif hit[0] == "failed":
-                        hit = [*hit[1], "failed", hit[2]]
-                    elif hit[0] == "record":   # good, but not for the cache: as if read here
-                        records.append(hit[1])
-                        rows.append(row(hit[1]))
+                elif name in pre:   # parsed by a worker: its entry is served as a hit
+                    kind, hit = pre[name]
+                    if kind == "record":   # good, but not for the cache: as if read here
+                        records.append(hit)
+                        rows.append(row(hit))
                         continue
-                    else:
-                        (unrecorded.append(name) if hit[0] == "absent" else problems.append(hit[1]))
+                    if kind != "entry":
+                        (unrecorded.append(name) if kind == "absent" else problems.append(hit))
                         continue
                     key = hit[:4]
-                    row_len = entries.get("", row_len)
+                    if hit[4] == "done":
+                        entries[""] = row_len = len(hit[5])
                 if type(hit) is list and len(hit) == 6 and hit[:4] == key:
                     kind, payload = hit[4], hit[5]
                     if kind == "done" and type(payload) is list and row_len and len(payload) == row_len:
@@ -416,13 +418,11 @@ def _load_files(runs_dir: Path, names: list[str], row=None,
             records.append(record)
             if row is not None:
                 rows.append(made := row(record))
-                if key:   # this file's identity, from its fstat; kept if JSON gives it back as it is
-                    if made is None:
-                        if rowcache.keeps_record(record):
-                            entries[name] = key + ["failed", record]
-                    elif rowcache.keeps(made[1:]):
-                        entries[name] = key + ["done", made[1:]]
-                        entries[""] = row_len = len(made) - 1
+                # key: this file's identity, from its fstat
+                if key and (entry := _cache_entry(key, record, made)) is not None:
+                    entries[name] = entry
+                    if made is not None:
+                        entries[""] = row_len = len(entry[5])
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
