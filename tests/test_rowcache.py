@@ -28,14 +28,14 @@ def _golden() -> dict[str, bytes]:
 
 @pytest.fixture()
 def parsed(monkeypatch):
-    """Counts the record files parsed (``records._read`` calls)."""
+    """Counts the record files read (``records._read_bytes`` calls)."""
     calls = []
-    real = records_mod._read
+    real = records_mod._read_bytes
 
     def counting(path, *args):
         calls.append(str(path))
         return real(path, *args)
-    monkeypatch.setattr(records_mod, "_read", counting)
+    monkeypatch.setattr(records_mod, "_read_bytes", counting)
     return calls
 
 

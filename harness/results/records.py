@@ -12,9 +12,11 @@ Loading is the hot path of ``run_all.py tables`` (100,000 records): one ``os.ope
 check for the common case (``check_record``'s named checks only for the rest), the table row
 read while the record is fresh (``load_records_and_rows``), the cycle collector paused
 meanwhile. For ``tables`` the rows of unchanged records come from the row cache
-(``harness.results.rowcache``: one ``stat`` per record instead of a parse), and a first run
-over many records parses them in worker processes (``_parsed_in_workers``). Two reading
-threads were tried and measured slower on two cores (the GIL passes at every system call).
+(``harness.results.rowcache``: one ``stat`` per record instead of a parse); a record read anew
+that is a plainly good done one gives its row without a full parse
+(``tables.record_row_from_json``: msgspec decodes only the row's fields); and a first run over
+many records reads them in worker processes (``_parsed_in_workers``). Two reading threads were
+tried and measured slower on two cores (the GIL passes at every system call).
 """
 from __future__ import annotations
 
@@ -175,8 +177,8 @@ def _normalise(record: dict) -> dict:
 def _parse(data: bytes) -> object:
     """JSON text -> Python: orjson (several times faster than ``json``; 100,000 records are
     read per ``tables``), and ``json`` for what strict orjson refuses but ``json`` reads (a
-    ``NaN`` accuracy, integers past 64 bits), so such a file is judged by its content as before
-    and a malformed one gets ``json``'s message."""
+    ``NaN`` accuracy, a lone surrogate), so such a file is judged by its content as before and a
+    malformed one gets ``json``'s message."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -186,9 +188,9 @@ def _parse(data: bytes) -> object:
 READ_SIZE = 1 << 16
 
 
-def _read(path: str | Path, dir_fd: int | None = None, rel: str | None = None,
-          key: list | None = None) -> tuple[object, str | None]:
-    """(parsed JSON, None), or (None, one line naming ``path``), or (None, "absent"). With
+def _read_bytes(path: str | Path, dir_fd: int | None = None, rel: str | None = None,
+                key: list | None = None) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, None), or (None, one line naming ``path``), or (None, "absent"). With
     ``dir_fd``, the file is opened as ``rel`` inside that open folder (the same file as ``path``:
     fewer path components for the kernel to resolve: about a quarter less time per open here).
     ``key``: filled with the open file's [inode, size, mtime_ns, ctime_ns] (the row cache's
@@ -204,15 +206,29 @@ def _read(path: str | Path, dir_fd: int | None = None, rel: str | None = None,
                 data += b"".join(iter(lambda: os.read(fd, READ_SIZE), b""))
         finally:
             os.close(fd)
-        return _parse(data), None
+        return data, None
     except FileNotFoundError:
         return None, "absent"
     except IsADirectoryError:
         return None, f"{path}: is a directory, expected a JSON file"
     except OSError as err:
         return None, f"{path}: cannot read: {err.strerror}"
+
+
+def _parsed(data: bytes, path: str | Path) -> tuple[object, str | None]:
+    """(parsed JSON, None) or (None, one line naming ``path``)."""
+    try:
+        return _parse(data), None
     except (ValueError, UnicodeDecodeError) as err:
         return None, f"{path}: bad JSON: {str(err).splitlines()[0][:80]}"
+
+
+def _read(path: str | Path, dir_fd: int | None = None, rel: str | None = None,
+          key: list | None = None) -> tuple[object, str | None]:
+    """(parsed JSON, None), or (None, one line naming ``path``), or (None, "absent"): the file
+    as ``_read_bytes`` reads it, parsed."""
+    data, problem = _read_bytes(path, dir_fd, rel, key)
+    return (None, problem) if problem else _parsed(data, path)
 
 
 def died_record(job: dict, state: str, run_dir: Path) -> dict:
@@ -270,16 +286,20 @@ class CachedRecord:
         return _normalise(record)
 
 
-def _load_one(base: str, rel: str, dir_fd: int | None, key: list | None = None) -> tuple[dict | None, str | None]:
-    """(the record, None) or (None, one line naming the file | "absent") of ``base + rel``:
-    read, checked (the one-pass check, the named checks for the rest) and normalised."""
-    record, problem = _read(base + rel, dir_fd, rel, key)
+def _checked(record, problem: str | None, path: str) -> tuple[dict | None, str | None]:
+    """(the record, None) or (None, one line naming ``path`` | "absent"), of what ``_read`` gave:
+    checked (the one-pass check, the named checks for the rest) and normalised."""
     if problem is None:
         if not _plainly_good(record):
-            problem = check_record(record, Path(base + rel))
+            problem = check_record(record, Path(path))
         if problem is None and (record["variant"] is None or record.get("error") is not None):
             _normalise(record)
     return (None, problem) if problem else (record, None)
+
+
+def _load_one(base: str, rel: str, dir_fd: int | None, key: list | None = None) -> tuple[dict | None, str | None]:
+    """``_checked`` of the record ``base + rel``."""
+    return _checked(*_read(base + rel, dir_fd, rel, key), base + rel)
 
 
 def _open_dir(base: str) -> int | None:
@@ -298,27 +318,42 @@ def _cache_entry(key: list, record: dict, made: tuple | None) -> list | None:
     return key + ["done", list(made[1:])] if rowcache.keeps(made[1:]) else None
 
 
+def _row_from_json(row):
+    """The shortcut that makes ``row``'s row minus the record straight from a file's bytes
+    (``tables.record_row_from_json``, None where it gives up), or None for another ``row``."""
+    from harness.results import tables
+
+    return tables.record_row_from_json if row is tables.record_row else None
+
+
+def _outcome(base: str, rel: str, dir_fd: int | None, row, fast) -> tuple[str, object]:
+    """What the row cache keeps of the record ``base + rel`` (read now, not from the cache):
+    ("entry", ``_cache_entry``), ("record", a good record the cache cannot keep), ("problem",
+    line) or ("absent", None). ``fast``: ``_row_from_json(row)``; a done record it can read is
+    not parsed whole."""
+    key = []
+    path = base + rel
+    data, problem = _read_bytes(path, dir_fd, rel, key)
+    if problem is None:
+        if fast is not None and (made := fast(data)) is not None:
+            return "entry", key + ["done", list(made)]
+        record, problem = _checked(*_parsed(data, path), path)
+    if problem:
+        return ("absent", None) if problem == "absent" else ("problem", problem)
+    entry = _cache_entry(key, record, row(record))
+    return ("entry", entry) if entry is not None else ("record", record)
+
+
 def _row_entries(base: str, names: list[str], row) -> list[tuple]:
-    """What the row cache keeps of each of ``names``, read in a worker process (see
-    ``_parsed_in_workers``): ("entry", ``_cache_entry``), ("record", a good record the cache
-    cannot keep), ("problem", line) or ("absent", None)."""
-    out = []
+    """``_outcome`` of each of ``names``, read in a worker process (``_parsed_in_workers``)."""
+    fast = _row_from_json(row)
     dir_fd = _open_dir(base)
     try:
         with cyclic_gc_paused():
-            for name in names:
-                key = []
-                record, problem = _load_one(base, f"{name}{os.sep}result.json", dir_fd, key)
-                if problem:
-                    out.append(("absent", None) if problem == "absent" else ("problem", problem))
-                elif (entry := _cache_entry(key, record, row(record))) is not None:
-                    out.append(("entry", entry))
-                else:
-                    out.append(("record", record))
+            return [_outcome(base, f"{name}{os.sep}result.json", dir_fd, row, fast) for name in names]
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
-    return out
 
 
 # A first ``tables`` run (no row cache) over at least this many records parses them in worker
@@ -362,67 +397,65 @@ def _load_files(runs_dir: Path, names: list[str], row=None,
 
     With ``cached`` (``rowcache.read``'s entries; needs ``row``), a record whose file has the
     identity its entry names is not read: a done one's row starts with a ``CachedRecord`` (and
-    ``records`` lacks it), a failed one is the entry's record. Many records missing from the
-    cache are parsed in worker processes (``_parsed_in_workers``), their done rows then starting
-    with a ``CachedRecord`` too. The entries of every good record are returned for
-    ``rowcache.write`` (None without ``cached``)."""
+    ``records`` lacks it), a failed one is the entry's record. A record read now that the cache
+    can keep is served the same way (``_outcome``; a plainly good done record is then not parsed
+    whole); many of them are read in worker processes (``_parsed_in_workers``). The entries of
+    every good record are returned for ``rowcache.write`` (None without ``cached``)."""
     records, rows, problems, unrecorded = [], [], [], []
     row_len = cached.get("", 0) if cached else 0     # "" holds the length of a done row
     entries = None if cached is None else ({"": row_len} if row_len else {})
     base = os.path.join(str(runs_dir), "")
     pre = {} if cached is None else _parsed_in_workers(base, [n for n in names if n not in cached], row)
+    fast = None if cached is None else _row_from_json(row)
     dir_fd = _open_dir(base)
     try:
         for name in names:        # the hot loop (100,000 records): plain strings, no Path objects
             rel = f"{name}{os.sep}result.json"
-            key = None
-            if entries is not None:
-                key = []
-                hit = cached.get(name)   # (on a first run there is none: no stat, the read's fstat)
-                if hit is not None:
-                    try:   # one stat instead of open + read + close + parse, for an unchanged record
-                        st = os.stat(rel, dir_fd=dir_fd) if dir_fd is not None else os.stat(base + rel)
-                        key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-                    except OSError:
-                        pass   # absent or unreadable: the read below says which
-                elif name in pre:   # parsed by a worker: its entry is served as a hit
-                    kind, hit = pre[name]
-                    if kind == "record":   # good, but not for the cache: as if read here
-                        records.append(hit)
-                        rows.append(row(hit))
-                        continue
-                    if kind != "entry":
-                        (unrecorded.append(name) if kind == "absent" else problems.append(hit))
-                        continue
-                    key = hit[:4]
-                    if hit[4] == "done":
-                        entries[""] = row_len = len(hit[5])
-                if type(hit) is list and len(hit) == 6 and hit[:4] == key:
-                    kind, payload = hit[4], hit[5]
-                    if kind == "done" and type(payload) is list and row_len and len(payload) == row_len:
-                        rows.append((CachedRecord(base + rel), *payload))
-                        entries[name] = hit
-                        continue
-                    if kind == "failed" and type(payload) is dict:
-                        records.append(payload)
-                        rows.append(None)
-                        entries[name] = hit
-                        continue
-            record, problem = _load_one(base, rel, dir_fd, key)
-            if problem == "absent":
-                unrecorded.append(name)
+            if entries is None:
+                record, problem = _load_one(base, rel, dir_fd)
+                if problem == "absent":
+                    unrecorded.append(name)
+                elif problem:
+                    problems.append(problem)
+                else:
+                    records.append(record)
+                    if row is not None:
+                        rows.append(row(record))
                 continue
-            if problem:
-                problems.append(problem)
-                continue
-            records.append(record)
-            if row is not None:
-                rows.append(made := row(record))
-                # key: this file's identity, from its fstat
-                if key and (entry := _cache_entry(key, record, made)) is not None:
-                    entries[name] = entry
-                    if made is not None:
-                        entries[""] = row_len = len(entry[5])
+            hit = cached.get(name)   # (on a first run there is none: no stat, the read's fstat)
+            if type(hit) is list and len(hit) == 6:
+                try:   # one stat instead of open + read + close + parse, for an unchanged record
+                    st = os.stat(rel, dir_fd=dir_fd) if dir_fd is not None else os.stat(base + rel)
+                    if hit[:4] != [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+                        hit = None
+                except OSError:
+                    hit = None   # absent or unreadable: the read below says which
+                if hit is not None and not (hit[4] == "done" and type(hit[5]) is list and row_len
+                                            and len(hit[5]) == row_len
+                                            or hit[4] == "failed" and type(hit[5]) is dict):
+                    hit = None   # a malformed entry: read the file
+            else:
+                hit = None
+            if hit is None:   # read now, or by a worker
+                kind, hit = pre.get(name) or _outcome(base, rel, dir_fd, row, fast)
+                if kind == "absent":
+                    unrecorded.append(name)
+                    continue
+                if kind == "problem":
+                    problems.append(hit)
+                    continue
+                if kind == "record":    # good, but not for the cache
+                    records.append(hit)
+                    rows.append(row(hit))
+                    continue
+                if hit[4] == "done":
+                    entries[""] = row_len = len(hit[5])
+            entries[name] = hit
+            if hit[4] == "done":
+                rows.append((CachedRecord(base + rel), *hit[5]))
+            else:
+                records.append(hit[5])
+                rows.append(None)
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
