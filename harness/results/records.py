@@ -479,8 +479,9 @@ def load_records_and_rows(runs_dir: Path | str, row, ask=None,
 
     ``cache`` (with ``tables.record_row`` as ``row``): keep rows between runs in the runs
     folder's row cache (``harness.results.rowcache``) and parse only new or changed records.
-    Then ``records`` holds the parsed and the failed records only: the row of an unchanged done
-    record starts with a ``CachedRecord`` instead of the record."""
+    Then ``records`` holds the failed records, and the done ones the cache cannot keep (a value
+    JSON would not give back as it is): the row of every other done record starts with a
+    ``CachedRecord`` instead of the record (``CachedRecord.load`` parses it)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ResultsError(f"runs directory not found: {runs_dir} (no runs yet, or a wrong --runs?)")
