@@ -1,14 +1,18 @@
-"""``tables.record_row_from_json``: the row of a plainly good done record straight from its bytes
+"""``fastrow.record_row_from_json``: the row of a plainly good done record straight from its bytes
 (msgspec, the config and the rest skipped) is exactly the row a full parse and check gives, and
 anything it cannot vouch for (a bad file, an odd type, text msgspec would not check) is left to
 the full parse, which names what is wrong."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 from harness.bench.tooling_cases import synthetic_record
-from harness.results import RECORD_FIELDS, tables
+from harness.results import RECORD_FIELDS, fastrow, tables
 from harness.results import records as records_mod
 from tests.test_tables_golden import write_golden_runs
 
@@ -27,7 +31,7 @@ def _typed(row):
 
 def _agrees(data: bytes) -> bool:
     """The shortcut gives up, or gives what the full path gives, value and type alike."""
-    fast = tables.record_row_from_json(data)
+    fast = fastrow.record_row_from_json(data)
     if fast is None:
         return True
     full = _full(data)
@@ -52,7 +56,7 @@ def test_the_shortcut_reads_common_records_as_a_full_parse_does(tmp_path):
 
 
 ODD = [None, True, False, 0, 1, -1, 1.0, 0.5, -0.0, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1, 2 ** 64, -2 ** 63,
-       -2 ** 63 - 1, 2 ** 70, 1e308, "", "x", "é", "\ud800", [], [1], {}, {"a": 1}]
+       -2 ** 63 - 1, 2 ** 70, 19512560043986563408, 2 ** 65 + 1, 1e308, "", "x", "é", "\ud800", [], [1], {}, {"a": 1}]
 TOP = ["schema", "status", "run_id", "setup_id", "backbone", "method", "dataset", "variant", "data_source",
        "seed", "metrics", "params", "data", "pretrained", "wall_time_s", "compute_time_s", "seconds_per_epoch",
        "peak_memory_bytes", "epochs", "gpu_hours", "end_time", "error", "config"]
@@ -70,7 +74,7 @@ def _encodings(record: dict) -> list[bytes]:
 
 def test_every_odd_value_of_every_field_is_read_alike_or_left_to_the_full_parse():
     base = _base()
-    assert tables.record_row_from_json(json.dumps(base).encode()) is not None
+    assert fastrow.record_row_from_json(json.dumps(base).encode()) is not None
     cases = 0
     for key in TOP:
         for value in ODD + [...]:
@@ -106,7 +110,7 @@ def test_every_odd_value_of_every_field_is_read_alike_or_left_to_the_full_parse(
 
 def test_text_the_full_parse_refuses_or_reads_otherwise_is_never_taken_by_the_shortcut():
     good = json.dumps(_base()).encode()
-    assert tables.record_row_from_json(good) is not None
+    assert fastrow.record_row_from_json(good) is not None
     at = good.index(b'"experiment": "bench-tables"')
     odd = {
         "invalid utf-8 in a skipped field": good[:at] + b'"zz": "\xff\xfe", ' + good[at:],
@@ -135,8 +139,35 @@ def test_text_the_full_parse_refuses_or_reads_otherwise_is_never_taken_by_the_sh
     for name, data in odd.items():
         assert b'"seed": 0' in good and (name == "empty" or data != good), name
         _agrees(data)
-    taken = {name for name, data in odd.items() if tables.record_row_from_json(data) is not None}
+    taken = {name for name, data in odd.items() if fastrow.record_row_from_json(data) is not None}
     # read by the shortcut, exactly as a full parse reads them (checked above); the rest are left
     assert taken == {"a duplicate key (the last wins)", "a duplicate metric", "whitespace everywhere",
                      "a big exponent", "a 64-bit seed", "a negative zero accuracy", "escapes in the run id",
                      "an overflowing number in a skipped field"}, taken
+
+
+def _nested(depth: int) -> bytes:
+    good = json.dumps(_base()).encode()
+    return good[:-1] + b', "zz": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def test_deep_nesting_is_left_to_the_full_parse_which_reads_it_or_names_the_file(tmp_path):
+    # msgspec stops at about 1,000 levels even in a field it skips; orjson reads up to 1,023
+    assert fastrow.record_row_from_json(_nested(1000)) is None
+    assert _full(_nested(1000)) is not None
+    runs = tmp_path / "runs"
+    for name, depth in (("deep", 1000), ("too-deep", 5000)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "result.json").write_bytes(_nested(depth))
+    for _ in range(2):   # a first run, then one from the row cache
+        records, rows, problems = records_mod.load_records_and_rows(runs, tables.record_row, cache=True)
+        assert len(rows) == 1 and rows[0][2] == _base()["run_id"]
+        assert problems == [f"{runs / 'too-deep' / 'result.json'}: bad JSON: nested too deeply"]
+
+
+def test_only_tables_imports_msgspec():
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    code = "import sys, harness.results, harness.train; print('msgspec' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]

@@ -14,7 +14,7 @@ read while the record is fresh (``load_records_and_rows``), the cycle collector 
 meanwhile. For ``tables`` the rows of unchanged records come from the row cache
 (``harness.results.rowcache``: one ``stat`` per record instead of a parse); a record read anew
 that is a plainly good done one gives its row without a full parse
-(``tables.record_row_from_json``: msgspec decodes only the row's fields); and a first run over
+(``harness.results.fastrow``: msgspec decodes only the row's fields); and a first run over
 many records reads them in worker processes (``_parsed_in_workers``). Two reading threads were
 tried and measured slower on two cores (the GIL passes at every system call).
 """
@@ -221,6 +221,8 @@ def _parsed(data: bytes, path: str | Path) -> tuple[object, str | None]:
         return _parse(data), None
     except (ValueError, UnicodeDecodeError) as err:
         return None, f"{path}: bad JSON: {str(err).splitlines()[0][:80]}"
+    except RecursionError:   # orjson refuses 1,024 levels, json's recursion then stops
+        return None, f"{path}: bad JSON: nested too deeply"
 
 
 def _read(path: str | Path, dir_fd: int | None = None, rel: str | None = None,
@@ -267,8 +269,9 @@ def cyclic_gc_paused():
 
 class CachedRecord:
     """Stands, as the first item of a row, for a done record whose row came from the row cache
-    (``harness.results.rowcache``) unparsed; ``load()`` parses it (tables need one record per
-    setup: its config, data and checkpoint identity)."""
+    (``harness.results.rowcache``), or was read now into the cache (from its bytes without a full
+    parse, ``harness.results.fastrow``, or parsed and let go); ``load()`` parses it again (tables
+    need one record per setup: its config, data and checkpoint identity)."""
 
     __slots__ = ("path",)
 
@@ -320,10 +323,14 @@ def _cache_entry(key: list, record: dict, made: tuple | None) -> list | None:
 
 def _row_from_json(row):
     """The shortcut that makes ``row``'s row minus the record straight from a file's bytes
-    (``tables.record_row_from_json``, None where it gives up), or None for another ``row``."""
+    (``fastrow.record_row_from_json``, None where it gives up), or None for another ``row``."""
     from harness.results import tables
 
-    return tables.record_row_from_json if row is tables.record_row else None
+    if row is not tables.record_row:
+        return None
+    from harness.results import fastrow   # msgspec: needed by tables only, imported here
+
+    return fastrow.record_row_from_json
 
 
 def _outcome(base: str, rel: str, dir_fd: int | None, row, fast) -> tuple[str, object]:

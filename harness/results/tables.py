@@ -21,16 +21,13 @@ import functools
 import json
 import math
 from pathlib import Path
-from typing import Optional, Union
 
-import msgspec
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
 from harness.catalog import DATASETS
-from harness.results import rowcache, stats
-from harness.results.records import DATA_SOURCES, SCHEMA_VERSION
+from harness.results import stats
 from models.backbones import NPOINTS
 from models.peft import registry
 
@@ -166,78 +163,6 @@ def record_row(r: dict) -> tuple | None:
             m.get("acc_best_val"), m.get("acc_vote"), (r.get("params") or {}).get("trainable"),
             r.get("compute_time_s", r.get("wall_time_s")), r.get("seconds_per_epoch"),
             r.get("peak_memory_bytes"), r.get("gpu_hours"), r.get("end_time") or "")
-
-
-# ``record_row`` straight from a record's bytes, for the common record: a done record that
-# ``records.check_record`` passes in its one-pass check. msgspec decodes only the fields below,
-# typed as that check demands, and skips the rest (its config, data, packages) without building
-# them: about a third of a full parse's time. Anything else fails to decode (a wrong type, a
-# missing field) and is parsed whole, so the row is always what ``record_row`` gives.
-_Number = Union[int, float, None]
-_NULL = msgspec.Raw(b"null")
-
-
-class _Metrics(msgspec.Struct):
-    acc_last: _Number = None
-    acc_best_test: _Number = None
-    acc_best_val: _Number = None
-    acc_vote: _Number = None
-
-
-class _Params(msgspec.Struct):
-    trainable: _Number = None
-
-
-class _DoneRecord(msgspec.Struct):
-    schema: int
-    status: str
-    run_id: str
-    setup_id: str
-    backbone: str
-    method: str
-    dataset: str
-    variant: Optional[str]          # required, may be null
-    data_source: str
-    seed: int
-    metrics: _Metrics
-    params: Optional[_Params] = None
-    data: msgspec.Raw = _NULL        # an object or null: only its first byte is looked at
-    pretrained: msgspec.Raw = _NULL
-    wall_time_s: _Number = None
-    compute_time_s: Union[int, float, None, msgspec.UnsetType] = msgspec.UNSET   # absent: wall time
-    seconds_per_epoch: _Number = None
-    peak_memory_bytes: _Number = None
-    epochs: _Number = None
-    gpu_hours: _Number = None
-    end_time: Optional[str] = None
-
-
-_decode_done = msgspec.json.Decoder(_DoneRecord).decode
-
-
-def record_row_from_json(data: bytes) -> tuple | None:
-    """``record_row(record)[1:]`` (the row without the record) of the record JSON ``data`` holds,
-    when it is a plainly good done record: schema 2, a setup id, the types ``check_record``'s
-    one-pass check wants, plain ASCII (msgspec does not check the UTF-8 of the text it skips;
-    the full parse does), integers within 64 bits and finite numbers (what a full parse gives
-    back as they are, whatever the orjson version). None for anything else: then parse the file
-    whole (``records.load_records_and_rows``), which names what is wrong."""
-    if not data.isascii():
-        return None
-    try:
-        r = _decode_done(data)
-    except msgspec.DecodeError:     # ValidationError too: a wrong type, a missing field
-        return None
-    if (r.status != "done" or r.schema != SCHEMA_VERSION or not r.setup_id or r.data_source not in DATA_SOURCES
-            or memoryview(r.data)[:1] not in (b"{", b"n") or memoryview(r.pretrained)[:1] not in (b"{", b"n")):
-        return None
-    m, p = r.metrics, r.params
-    row = (r.setup_id, r.run_id, r.dataset, r.backbone, r.method, r.variant or "", r.data_source, r.seed,
-           m.acc_last, m.acc_best_test, m.acc_best_val, m.acc_vote, None if p is None else p.trainable,
-           r.wall_time_s if r.compute_time_s is msgspec.UNSET else r.compute_time_s, r.seconds_per_epoch,
-           r.peak_memory_bytes, r.gpu_hours, r.end_time or "")
-    # an integer past 64 bits: a full parse gives a float (orjson) or an int (json); no shortcut
-    return row if rowcache.keeps(row) else None
 
 
 def collect(records: list[dict], rows: list | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
