@@ -412,8 +412,8 @@ def _load_files(runs_dir: Path, names: list[str], row=None,
     row_len = cached.get("", 0) if cached else 0     # "" holds the length of a done row
     entries = None if cached is None else ({"": row_len} if row_len else {})
     base = os.path.join(str(runs_dir), "")
+    fast = None if cached is None else _row_from_json(row)   # imported before workers fork
     pre = {} if cached is None else _parsed_in_workers(base, [n for n in names if n not in cached], row)
-    fast = None if cached is None else _row_from_json(row)
     dir_fd = _open_dir(base)
     try:
         for name in names:        # the hot loop (100,000 records): plain strings, no Path objects
