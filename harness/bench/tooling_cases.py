@@ -116,7 +116,7 @@ def bench_matrix(repeats: int, n_runs: int | None = None) -> dict:
                       f"({len({s.run_id for s in specs})} distinct run ids)")
     array = "--array" in script or "#SBATCH --array" in script
     return _entry(name, "ok", f"harness.matrix.expand ({cells} cells: registered backbones x methods x "
-                  f"datasets x seeds on recipes/official.yaml)"
+                  f"datasets x seeds on experiments/recipes/official.yaml)"
                   + (" + matrix.run_state of each run" if run_state is not None else "")
                   + f" + harness.launch.sbatch_script for the array of {len(todo)} "
                   f"({'has' if array else 'NO'} --array line); no sbatch call, run table not printed; "

@@ -21,7 +21,7 @@ Measure how fast and how light the project is, and score it against its targets
   models   training and eval samples/s, CPU time and peak memory of every registered backbone x
            method (ScanObjectNN-family geometry, batch 32; on CUDA also bf16), one fresh process
            each; on the CPU peak memory twice: RSS (what the process holds, the C allocator's
-           kept heap included) and live tensors of one profiled step (what a GPU's peak counts); Point-PEFT also with each memory lever switched on; on the CPU beside the
+           kept heap included) and live tensors of one profiled step (what a GPU's peak counts); Point-PEFT also with each memory lever switched off; on the CPU beside the
            official code's reference figures (results/reference/official_cpu_speed.csv)
   tooling  expand + dry-run submit of a 1,000-run matrix; status of 1,000 SLURM runs; tables
            from 100,000 result records
@@ -38,7 +38,7 @@ tables, and replaces the README block between <!-- bench:<device>:start --> and
 only meaningful on an otherwise idle machine; the load average at start is recorded.
 
 examples:
-  python run_all.py bench --device cpu --threads 2   # the README's CPU block (~15 min, idle machine)
+  python run_all.py bench --device cpu --threads 2 --method full,point_peft   # the README's CPU block (~25 min, idle machine)
   python run_all.py bench --quick --no-readme        # smoke run (a few minutes on 2 CPU cores)
   python run_all.py bench --device cpu --only ops,tooling
   python run_all.py bench --scaling --quick          # cost curves, CI-sized
