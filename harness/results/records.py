@@ -300,9 +300,9 @@ def _checked(record, problem: str | None, path: str) -> tuple[dict | None, str |
     return (None, problem) if problem else (record, None)
 
 
-def _load_one(base: str, rel: str, dir_fd: int | None, key: list | None = None) -> tuple[dict | None, str | None]:
+def _load_one(base: str, rel: str, dir_fd: int | None) -> tuple[dict | None, str | None]:
     """``_checked`` of the record ``base + rel``."""
-    return _checked(*_read(base + rel, dir_fd, rel, key), base + rel)
+    return _checked(*_read(base + rel, dir_fd, rel), base + rel)
 
 
 def _open_dir(base: str) -> int | None:
@@ -335,8 +335,8 @@ def _row_from_json(row):
 
 def _outcome(base: str, rel: str, dir_fd: int | None, row, fast) -> tuple[str, object]:
     """What the row cache keeps of the record ``base + rel`` (read now, not from the cache):
-    ("entry", ``_cache_entry``), ("record", a good record the cache cannot keep), ("problem",
-    line) or ("absent", None). ``fast``: ``_row_from_json(row)``; a done record it can read is
+    ("entry", ``_cache_entry``), ("record", (a good record the cache cannot keep, its row)),
+    ("problem", line) or ("absent", None). ``fast``: ``_row_from_json(row)``; a done record it can read is
     not parsed whole."""
     key = []
     path = base + rel
@@ -347,8 +347,9 @@ def _outcome(base: str, rel: str, dir_fd: int | None, row, fast) -> tuple[str, o
         record, problem = _checked(*_parsed(data, path), path)
     if problem:
         return ("absent", None) if problem == "absent" else ("problem", problem)
-    entry = _cache_entry(key, record, row(record))
-    return ("entry", entry) if entry is not None else ("record", record)
+    made = row(record)
+    entry = _cache_entry(key, record, made)
+    return ("entry", entry) if entry is not None else ("record", (record, made))
 
 
 def _row_entries(base: str, names: list[str], row) -> list[tuple]:
@@ -451,9 +452,9 @@ def _load_files(runs_dir: Path, names: list[str], row=None,
                 if kind == "problem":
                     problems.append(hit)
                     continue
-                if kind == "record":    # good, but not for the cache
-                    records.append(hit)
-                    rows.append(row(hit))
+                if kind == "record":    # good, but not for the cache: the record and its row
+                    records.append(hit[0])
+                    rows.append(hit[1])
                     continue
                 if hit[4] == "done":
                     entries[""] = row_len = len(hit[5])
