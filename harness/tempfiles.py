@@ -11,6 +11,7 @@ checkpoints) are switched to ``0666 & ~umask`` (0644 typically) before the renam
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import socket
 import tempfile
@@ -28,10 +29,11 @@ def _prefix(path: Path) -> str:
     return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
 
 
-def mkstemp_for(path: Path) -> tuple[int, str]:
-    """(fd, temp path) in ``path``'s folder, named after this writer; sweeps dead writers' first."""
+def mkstemp_for(path: Path, listing: list[str] | None = None) -> tuple[int, str]:
+    """(fd, temp path) in ``path``'s folder, named after this writer; sweeps dead writers' first.
+    ``listing``: the names in that folder, when the caller has just listed it (``sweep_stale``)."""
     path = Path(path)
-    sweep_stale(path)
+    sweep_stale(path, listing=listing)
     return tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp")
 
 
@@ -45,15 +47,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(path: Path, whole_folder: bool = False) -> list[Path]:
+def sweep_stale(path: Path, whole_folder: bool = False, listing: list[str] | None = None) -> list[Path]:
     """Remove temp files of ``path`` (or of any file in ``path``'s folder when ``whole_folder``;
-    then ``path`` is the folder) left by dead writers on this host; returns what went."""
+    then ``path`` is the folder) left by dead writers on this host; returns what went.
+    ``listing``: the folder's names (or at least those starting with "."), when the caller has
+    just listed it: a runs folder of 100,000 runs takes a tenth of a second to list again."""
     path = Path(path)
     folder, pattern = (path, ".*.tmp") if whole_folder else (path.parent, f".{path.name}.*.tmp")
     host = socket.gethostname()
     removed = []
     try:
-        candidates = list(folder.glob(pattern))
+        if listing is None:
+            candidates = list(folder.glob(pattern))
+        else:
+            candidates = [folder / name for name in fnmatch.filter(listing, pattern)]
     except OSError:
         return removed
     for tmp in candidates:

@@ -165,7 +165,7 @@ def test_a_runs_folder_that_cannot_be_written_gives_the_tables_without_a_cache(t
     runs = tmp_path / "runs"
     write_golden_runs(runs)
 
-    def refuse(path):
+    def refuse(path, *args):
         raise PermissionError(13, "Permission denied", str(path))
     monkeypatch.setattr(rowcache.tempfiles, "mkstemp_for", refuse)   # a read-only folder (also as root)
     assert _outputs(runs, tmp_path / "a") == _golden()
@@ -174,6 +174,30 @@ def test_a_runs_folder_that_cannot_be_written_gives_the_tables_without_a_cache(t
     monkeypatch.undo()
     assert rowcache.write(runs, "tag", {"x": float("nan")}) is True   # orjson writes NaN as null
     assert rowcache.write(runs, "tag", {"x": 1 << 70}) is False       # past 64 bits: no cache
+
+
+def test_a_dead_writers_temp_file_is_swept_from_the_listing_the_run_made(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = runs / f".{rowcache.FILE}.{host}.{dead.pid}.abc123.tmp"     # tempfiles' name: "." + the file's
+    live = runs / f".{rowcache.FILE}.{host}.{os.getppid()}.def456.tmp"
+    other = runs / f".result.json.{host}.{dead.pid}.ghi789.tmp"     # another file's: not the cache's to sweep
+    for p in (stale, live, other):
+        p.write_bytes(b"half")
+
+    def no_glob(self, pattern):
+        raise AssertionError(f"listed {self} again for {pattern}")
+    monkeypatch.setattr(Path, "glob", no_glob)        # the folder was listed once already
+    assert _outputs(runs, tmp_path / "a") == _golden()
+    assert (runs / rowcache.FILE).is_file()
+    assert not stale.exists() and live.exists() and other.exists()
 
 
 def test_the_cli_says_how_to_skip_the_cache(capsys):
@@ -207,6 +231,32 @@ def test_a_first_run_parses_in_worker_processes_with_the_same_output(tmp_path, m
     monkeypatch.setattr(records_mod, "_workers", lambda: 1)          # the same first run, serially
     assert _outputs(runs, tmp_path / "b") == _golden()
     assert rowcache.read(runs, rowcache.code_tag()) == parallel and len(parallel) > 200
+
+
+def test_a_worker_that_dies_leaves_its_records_to_the_caller_and_keeps_this_process_share(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    monkeypatch.setattr(records_mod, "PARALLEL_MIN", 10)
+    monkeypatch.setattr(records_mod, "_workers", lambda: 2)
+    parent = os.getpid()
+    real = records_mod._row_entries
+
+    def dies_in_a_worker(base, names, row):
+        if os.getpid() != parent:
+            os._exit(1)             # killed mid-run (the OOM killer, a signal)
+        return real(base, names, row)
+    monkeypatch.setattr(records_mod, "_row_entries", dies_in_a_worker)
+    got = []
+    real_parsed = records_mod._parsed_in_workers
+    monkeypatch.setattr(records_mod, "_parsed_in_workers", lambda *a: got.append(real_parsed(*a)) or got[-1])
+    assert _outputs(runs, tmp_path / "a") == _golden()
+    names = sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert list(got[0]) == names[:len(names) // 2]           # this process's half, the rest read after
+
+
+def test_this_process_reads_less_itself_the_more_workers_there_are():
+    shares = [records_mod._own_share(w) for w in (2, 3, 4, 8, 64)]
+    assert shares[0] == 0.5 and shares == sorted(shares, reverse=True) and 0 <= shares[-1] < 0.05
 
 
 def test_workers_that_cannot_start_leave_the_reading_to_the_caller(tmp_path, monkeypatch):

@@ -10,14 +10,19 @@ with its row cache: training and the rest of the package do not need msgspec.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Annotated, Optional, Union
 
 import msgspec
 
-from harness.results import rowcache
 from harness.results.records import DATA_SOURCES, SCHEMA_VERSION
 
-_Number = Union[int, float, None]
+# What a full parse gives back as it is, and the row cache keeps (``rowcache.keeps``), checked by
+# msgspec while it decodes: integers within 64 bits (signed: msgspec's bounds are int64's;
+# larger ones fail here and take the full parse), floats (msgspec refuses an out-of-range number
+# such as 1e400, so none is infinite, and JSON has no NaN), strings (msgspec refuses a lone
+# surrogate).
+_Int = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+_Number = Union[_Int, float, None]
 _NULL = msgspec.Raw(b"null")
 
 
@@ -33,7 +38,7 @@ class _Params(msgspec.Struct):
 
 
 class _DoneRecord(msgspec.Struct):
-    schema: int
+    schema: _Int
     status: str
     run_id: str
     setup_id: str
@@ -42,13 +47,13 @@ class _DoneRecord(msgspec.Struct):
     dataset: str
     variant: Optional[str]          # required, may be null
     data_source: str
-    seed: int
+    seed: _Int
     metrics: _Metrics
     params: Optional[_Params] = None
     data: msgspec.Raw = _NULL        # an object or null: only its first byte is looked at
     pretrained: msgspec.Raw = _NULL
     wall_time_s: _Number = None
-    compute_time_s: Union[int, float, None, msgspec.UnsetType] = msgspec.UNSET   # absent: wall time
+    compute_time_s: Union[_Int, float, None, msgspec.UnsetType] = msgspec.UNSET   # absent: wall time
     seconds_per_epoch: _Number = None
     peak_memory_bytes: _Number = None
     epochs: _Number = None
@@ -57,15 +62,18 @@ class _DoneRecord(msgspec.Struct):
 
 
 _decode_done = msgspec.json.Decoder(_DoneRecord).decode
+# one object per distinct name: 100,000 rows share a few dozen setup ids, datasets, backbones,
+# methods (pickled once per worker's batch, not once per row: less for the reader to unpickle)
+_one = {}.setdefault
 
 
 def record_row_from_json(data: bytes) -> tuple | None:
     """``tables.record_row(record)[1:]`` (the row without the record) of the record JSON ``data``
     holds, when it is a plainly good done record: schema 2, a setup id, the types
     ``check_record``'s one-pass check wants, plain ASCII (msgspec does not check the UTF-8 of the
-    text it skips; the full parse does), integers within 64 bits and finite numbers (what a full
-    parse gives back as they are, whatever the orjson version; msgspec 0.18 wrapped some integers
-    past 64 bits, hence msgspec >= 0.19). None for anything else, nesting deeper than msgspec
+    text it skips; the full parse does), integers within signed 64 bits and finite numbers (what a
+    full parse gives back as they are, whatever the orjson version: msgspec checks them as it
+    decodes; msgspec 0.18 wrapped some integers past 64 bits, hence msgspec >= 0.19). None for anything else, nesting deeper than msgspec
     decodes included: then parse the file whole (``records.load_records_and_rows``), which names
     what is wrong."""
     if not data.isascii():
@@ -78,9 +86,9 @@ def record_row_from_json(data: bytes) -> tuple | None:
             or memoryview(r.data)[:1] not in (b"{", b"n") or memoryview(r.pretrained)[:1] not in (b"{", b"n")):
         return None
     m, p = r.metrics, r.params
-    row = (r.setup_id, r.run_id, r.dataset, r.backbone, r.method, r.variant or "", r.data_source, r.seed,
+    row = (_one(r.setup_id, r.setup_id), r.run_id, _one(r.dataset, r.dataset), _one(r.backbone, r.backbone),
+           _one(r.method, r.method), r.variant or "", _one(r.data_source, r.data_source), r.seed,
            m.acc_last, m.acc_best_test, m.acc_best_val, m.acc_vote, None if p is None else p.trainable,
            r.wall_time_s if r.compute_time_s is msgspec.UNSET else r.compute_time_s, r.seconds_per_epoch,
            r.peak_memory_bytes, r.gpu_hours, r.end_time or "")
-    # an integer past 64 bits: a full parse gives a float (orjson) or an int (json); no shortcut
-    return row if rowcache.keeps(row) else None
+    return row

@@ -90,9 +90,11 @@ def keeps_record(record: dict) -> bool:
         return False
 
 
-def write(runs_dir: Path | str, tag: str, entries: dict[str, list]) -> bool:
+def write(runs_dir: Path | str, tag: str, entries: dict[str, list], listing: list[str] | None = None) -> bool:
     """Replace the cache atomically (no fsync: a lost cache is rebuilt); False when it could not
-    be written (a read-only folder, a full disk, a value JSON cannot hold)."""
+    be written (a read-only folder, a full disk, a value JSON cannot hold). ``listing``: the
+    runs folder's names starting with "." when the caller has just listed it (where dead
+    writers' temp files are looked for: ``tempfiles.sweep_stale``)."""
     path = Path(runs_dir) / FILE
     try:
         body = orjson.dumps(entries)
@@ -101,9 +103,10 @@ def write(runs_dir: Path | str, tag: str, entries: dict[str, list]) -> bool:
     header = orjson.dumps({"code": tag, "sha256": hashlib.sha256(body).hexdigest()})
     tmp = None
     try:
-        fd, tmp = tempfiles.mkstemp_for(path)
+        fd, tmp = tempfiles.mkstemp_for(path, listing)
         with os.fdopen(fd, "wb") as f:
-            f.write(header + b"\n" + body)
+            f.write(header + b"\n")
+            f.write(body)   # not joined to the header first: a copy of tens of MB
         os.chmod(tmp, tempfiles.shared_mode())
         os.replace(tmp, path)
         return True
