@@ -180,6 +180,19 @@ def test_targets_thresholds_and_validation():
     assert any("status 'maybe'" in p for p in problems) and any("'threads'" in p for p in problems)
 
 
+def test_a_value_that_would_round_onto_its_threshold_is_printed_with_the_digits_that_tell_the_side():
+    def shown(value, threshold, unit="x", comparison="<="):
+        t = bench_report._target("t", "t", value, threshold, unit, comparison=comparison)
+        return bench_report._target_value(t), t["status"]
+    assert shown(0.5026, 0.5) == ("0.503 x", "fail")
+    assert shown(0.4996, 0.5) == ("0.4996 x", "pass")
+    assert shown(0.5, 0.5) == ("0.50 x", "pass")
+    assert shown(0.55, 0.5) == ("0.55 x", "fail")
+    assert shown(1.4999, 1.5, comparison=">=") == ("1.4999 x", "fail")
+    assert shown(5.0004, 5.0, unit="s") == ("5.0004 s", "fail")
+    assert shown(None, 5.0, unit="s") == ("-", "not-measured")
+
+
 def test_tooling_is_skipped_with_a_reason_when_the_harness_is_missing(monkeypatch):
     import sys
 

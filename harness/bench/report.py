@@ -221,9 +221,15 @@ def _mib(value) -> str:
 
 
 def _target_value(t: dict) -> str:
-    if t["value"] is None:
+    """The measured value as the targets table prints it: 2 decimals for a ratio, 3 for seconds,
+    more where that would round it onto its threshold (0.503 x, not 0.50 x, fails <= 0.5 x)."""
+    value, threshold = t["value"], t["threshold"]
+    if value is None:
         return "-"
-    return f"{t['value']:.2f} {t['unit']}" if t["unit"] == "x" else f"{t['value']:.3f} {t['unit']}"
+    digits = 2 if t["unit"] == "x" else 3
+    while digits < 6 and value != threshold and round(value, digits) == round(threshold, digits):
+        digits += 1
+    return f"{value:.{digits}f} {t['unit']}"
 
 
 def render_markdown(report: dict, level: int = 2, command: str | None = None) -> str:
