@@ -190,6 +190,7 @@ def test_a_value_that_would_round_onto_its_threshold_is_printed_with_the_digits_
     assert shown(0.55, 0.5) == ("0.55 x", "fail")
     assert shown(1.4999, 1.5, comparison=">=") == ("1.4999 x", "fail")
     assert shown(5.0004, 5.0, unit="s") == ("5.0004 s", "fail")
+    assert shown(0.5000000001, 0.5) == ("0.5000000001 x", "fail")
     assert shown(None, 5.0, unit="s") == ("-", "not-measured")
 
 

@@ -173,3 +173,18 @@ def test_only_tables_imports_msgspec():
     code = "import sys, harness.results, harness.train; print('msgspec' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"]
+
+
+def test_the_shared_names_are_bounded_in_a_long_lived_process(monkeypatch):
+    monkeypatch.setattr(fastrow, "NAMES_KEPT", 50)
+    fastrow._names.clear()
+    rows = []
+    for i in range(300):                     # 300 setups: more distinct names than are kept
+        rec = _base()
+        rec["setup_id"] = f"setup-{i}"
+        data = json.dumps(rec).encode()
+        assert _agrees(data) is False        # taken, and equal to the full parse
+        rows.append(fastrow.record_row_from_json(data))
+        assert len(fastrow._names) <= 50 + 5
+    again = fastrow.record_row_from_json(json.dumps(_base() | {"setup_id": "setup-299"}).encode())
+    assert again[0] is rows[-1][0]           # one object per name while it is kept

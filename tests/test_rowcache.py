@@ -254,6 +254,29 @@ def test_a_worker_that_dies_leaves_its_records_to_the_caller_and_keeps_this_proc
     assert list(got[0]) == names[:len(names) // 2]           # this process's half, the rest read after
 
 
+@pytest.mark.parametrize("fault", [OSError(5, "Input/output error"), KeyboardInterrupt()])
+def test_a_fault_in_this_process_share_cancels_the_workers_queue(tmp_path, monkeypatch, fault):
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    monkeypatch.setattr(records_mod, "PARALLEL_MIN", 10)
+    monkeypatch.setattr(records_mod, "_workers", lambda: 2)
+    parent, real = os.getpid(), records_mod._row_entries
+    calls = []
+
+    def fails_here(base, names, row):
+        if os.getpid() == parent and not calls:
+            calls.append(names)
+            raise fault
+        return real(base, names, row)
+    monkeypatch.setattr(records_mod, "_row_entries", fails_here)
+    if isinstance(fault, KeyboardInterrupt):           # Ctrl-C reaches the user, not a serial re-read
+        with pytest.raises(KeyboardInterrupt):
+            _outputs(runs, tmp_path / "a")
+    else:                                              # an error: the caller reads them all itself
+        assert _outputs(runs, tmp_path / "a") == _golden()
+    assert len(calls) == 1
+
+
 def test_this_process_reads_less_itself_the_more_workers_there_are():
     shares = [records_mod._own_share(w) for w in (2, 3, 4, 8, 64)]
     assert shares[0] == 0.5 and shares == sorted(shares, reverse=True) and 0 <= shares[-1] < 0.05

@@ -229,6 +229,8 @@ def _target_value(t: dict) -> str:
     digits = 2 if t["unit"] == "x" else 3
     while digits < 6 and value != threshold and round(value, digits) == round(threshold, digits):
         digits += 1
+    if value != threshold and round(value, digits) == round(threshold, digits):
+        return f"{value!r} {t['unit']}"   # closer still: every digit
     return f"{value:.{digits}f} {t['unit']}"
 
 

@@ -34,8 +34,8 @@ Later runs are faster: RUNS/.tables-rows.json keeps what the tables took from ea
 a record whose file is unchanged (same inode, size, modification and change time; records are
 replaced, never edited in place) is not parsed again, except one record per setup for its
 config. It is rebuilt when the tables code changes; deleting it is always safe. A first run
-over 4,096 or more unparsed records parses them in worker processes, one per core (up to 8;
-Linux). --no-cache parses every record in this process and neither reads nor writes the file.
+over 4,096 or more unparsed records parses them in parallel, one process per core (up to 8;
+Linux): worker processes, and this one reads a share meanwhile. --no-cache parses every record in this process and neither reads nor writes the file.
 
 examples:
   python run_all.py tables

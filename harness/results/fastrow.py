@@ -63,8 +63,11 @@ class _DoneRecord(msgspec.Struct):
 
 _decode_done = msgspec.json.Decoder(_DoneRecord).decode
 # one object per distinct name: 100,000 rows share a few dozen setup ids, datasets, backbones,
-# methods (pickled once per worker's batch, not once per row: less for the reader to unpickle)
-_one = {}.setdefault
+# methods (pickled once per worker's batch, not once per row: less for the reader to unpickle);
+# emptied when it grows past NAMES_KEPT (a long-lived process reading many runs folders)
+NAMES_KEPT = 100_000
+_names: dict[str, str] = {}
+_one = _names.setdefault
 
 
 def record_row_from_json(data: bytes) -> tuple | None:
@@ -73,11 +76,13 @@ def record_row_from_json(data: bytes) -> tuple | None:
     ``check_record``'s one-pass check wants, plain ASCII (msgspec does not check the UTF-8 of the
     text it skips; the full parse does), integers within signed 64 bits and finite numbers (what a
     full parse gives back as they are, whatever the orjson version: msgspec checks them as it
-    decodes; msgspec 0.18 wrapped some integers past 64 bits, hence msgspec >= 0.19). None for anything else, nesting deeper than msgspec
-    decodes included: then parse the file whole (``records.load_records_and_rows``), which names
-    what is wrong."""
+    decodes; msgspec 0.18 wrapped some integers past 64 bits, hence msgspec >= 0.19). None for
+    anything else, nesting deeper than msgspec decodes included: then parse the file whole
+    (``records.load_records_and_rows``), which names what is wrong."""
     if not data.isascii():
         return None
+    if len(_names) > NAMES_KEPT:
+        _names.clear()
     try:
         r = _decode_done(data)
     except (msgspec.DecodeError, RecursionError):   # a wrong type, a missing field; about 1,000 levels deep

@@ -15,8 +15,9 @@ meanwhile. For ``tables`` the rows of unchanged records come from the row cache
 (``harness.results.rowcache``: one ``stat`` per record instead of a parse); a record read anew
 that is a plainly good done one gives its row without a full parse
 (``harness.results.fastrow``: msgspec decodes only the row's fields); and a first run over
-many records reads them in worker processes (``_parsed_in_workers``). Two reading threads were
-tried and measured slower on two cores (the GIL passes at every system call).
+many records reads them in worker processes and this one, which reads a share while they run
+(``_parsed_in_workers``). Two reading threads were tried and measured slower on two cores (the
+GIL passes at every system call).
 """
 from __future__ import annotations
 
@@ -353,7 +354,8 @@ def _outcome(base: str, rel: str, dir_fd: int | None, row, fast) -> tuple[str, o
 
 
 def _row_entries(base: str, names: list[str], row) -> list[tuple]:
-    """``_outcome`` of each of ``names``, read in a worker process (``_parsed_in_workers``)."""
+    """``_outcome`` of each of ``names``, read in a worker process or, for its own share, the main
+    one (``_parsed_in_workers``)."""
     fast = _row_from_json(row)
     dir_fd = _open_dir(base)
     try:
@@ -364,9 +366,9 @@ def _row_entries(base: str, names: list[str], row) -> list[tuple]:
             os.close(dir_fd)
 
 
-# A first ``tables`` run (no row cache) over at least this many records parses them in worker
-# processes, one per core (Linux, fork): 100,000 records of a real record's size take several
-# seconds to parse on one core.
+# A first ``tables`` run (no row cache) over at least this many records parses them in parallel,
+# one process per core (Linux, fork: this one and a worker per other core, up to 8 in all):
+# 100,000 records of a real record's size take several seconds to parse on one core.
 PARALLEL_MIN = 4096
 
 
@@ -390,8 +392,10 @@ def _own_share(workers: int) -> float:
 
 def _parsed_in_workers(base: str, names: list[str], row) -> dict[str, tuple]:
     """name -> ``_row_entries`` outcome of every one of ``names``, parsed in worker processes and
-    this one (``_own_share``) ({} when there are too few names or cores, or the workers cannot
-    start: then the caller reads them itself; only this process's share when a worker died)."""
+    this one (``_own_share``). {} when there are too few names or cores, when the workers cannot
+    start or this process's share fails: then the caller reads them itself; only this process's
+    share when a worker died. On any error or interrupt the chunks not yet started are cancelled
+    (the ones already handed to a worker are waited for: a chunk or two, under a second here)."""
     workers = _workers()
     if workers < 2 or len(names) < PARALLEL_MIN:
         return {}
@@ -404,12 +408,22 @@ def _parsed_in_workers(base: str, names: list[str], row) -> dict[str, tuple]:
     chunks = [rest[i:i + size] for i in range(0, len(rest), size)]
     mine: list = []
     try:
-        with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_row_entries, base, chunk, row) for chunk in chunks]
-            mine = _row_entries(base, names[:own], row)     # while the workers read the rest
-            done = [f.result() for f in futures]
-    except Exception:  # noqa: BLE001 - no processes here (limits, a sandbox), a worker died: read serially
+        pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork"))
+    except Exception:  # noqa: BLE001 - no processes here (limits, a sandbox): read serially
+        return {}
+    futures: list = []
+    try:
+        futures += [pool.submit(_row_entries, base, chunk, row) for chunk in chunks]
+        mine = _row_entries(base, names[:own], row)     # while the workers read the rest
+        done = [f.result() for f in futures]
+    except BaseException as err:   # a worker died, or Ctrl-C: the queued chunks are not started
+        for f in futures:
+            f.cancel()
+        pool.shutdown()
+        if not isinstance(err, Exception):
+            raise
         return dict(zip(names, mine))
+    pool.shutdown()
     out = dict(zip(names, mine))
     for chunk, outcomes in zip(chunks, done):
         out.update(zip(chunk, outcomes))
@@ -512,9 +526,10 @@ def load_records_and_rows(runs_dir: Path | str, row, ask=None,
     if not runs_dir.is_dir():
         raise ResultsError(f"runs directory not found: {runs_dir} (no runs yet, or a wrong --runs?)")
     with os.scandir(runs_dir) as entries:
-        found = list(entries)
-    names = sorted(e.name for e in found if e.is_dir() and not e.name.startswith("."))
-    dotted = [e.name for e in found if e.name.startswith(".")]   # the row cache's, and its temp files
+        listed = list(entries)
+    names = sorted(e.name for e in listed if e.is_dir() and not e.name.startswith("."))
+    dotted = [e.name for e in listed if e.name.startswith(".")]   # the row cache's, and its temp files
+    del listed   # 100,000 DirEntry objects: not kept while the records load
     tag = cached = None
     with cyclic_gc_paused():
         if cache and row is not None:
