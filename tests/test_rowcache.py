@@ -277,6 +277,25 @@ def test_a_fault_in_this_process_share_cancels_the_workers_queue(tmp_path, monke
     assert len(calls) == 1
 
 
+def test_a_submit_that_fails_midway_leaves_the_reading_to_the_caller(tmp_path, monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+
+    runs = tmp_path / "runs"
+    write_golden_runs(runs)
+    monkeypatch.setattr(records_mod, "PARALLEL_MIN", 10)
+    monkeypatch.setattr(records_mod, "_workers", lambda: 2)
+    real_submit, submitted = ProcessPoolExecutor.submit, []
+
+    def second_fails(self, *args):
+        if submitted:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        submitted.append(real_submit(self, *args))
+        return submitted[-1]
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", second_fails)
+    assert _outputs(runs, tmp_path / "a") == _golden()        # read by the caller instead
+    assert len(submitted) == 1                                 # one chunk had gone to the pool before the fault
+
+
 def test_this_process_reads_less_itself_the_more_workers_there_are():
     shares = [records_mod._own_share(w) for w in (2, 3, 4, 8, 64)]
     assert shares[0] == 0.5 and shares == sorted(shares, reverse=True) and 0 <= shares[-1] < 0.05

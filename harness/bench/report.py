@@ -226,12 +226,10 @@ def _target_value(t: dict) -> str:
     value, threshold = t["value"], t["threshold"]
     if value is None:
         return "-"
-    digits = 2 if t["unit"] == "x" else 3
-    while digits < 6 and value != threshold and round(value, digits) == round(threshold, digits):
-        digits += 1
-    if value != threshold and round(value, digits) == round(threshold, digits):
-        return f"{value!r} {t['unit']}"   # closer still: every digit
-    return f"{value:.{digits}f} {t['unit']}"
+    for digits in range(2 if t["unit"] == "x" else 3, 7):
+        if value == threshold or round(value, digits) != round(threshold, digits):
+            return f"{value:.{digits}f} {t['unit']}"
+    return f"{value!r} {t['unit']}"   # closer still: every digit
 
 
 def render_markdown(report: dict, level: int = 2, command: str | None = None) -> str:

@@ -21,7 +21,8 @@ Measure how fast and how light the project is, and score it against its targets
   models   training and eval samples/s, CPU time and peak memory of every registered backbone x
            method (ScanObjectNN-family geometry, batch 32; on CUDA also bf16), one fresh process
            each; on the CPU peak memory twice: RSS (what the process holds, the C allocator's
-           kept heap included) and live tensors of one profiled step (what a GPU's peak counts); Point-PEFT also with each memory lever switched off; on the CPU beside the
+           kept heap included) and live tensors of one profiled step (what a GPU's peak
+           counts); Point-PEFT also with each memory lever switched off; on the CPU beside the
            official code's reference figures (results/reference/official_cpu_speed.csv)
   tooling  expand + dry-run submit of a 1,000-run matrix; status of 1,000 SLURM runs; tables
            from 100,000 result records

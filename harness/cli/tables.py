@@ -35,7 +35,8 @@ a record whose file is unchanged (same inode, size, modification and change time
 replaced, never edited in place) is not parsed again, except one record per setup for its
 config. It is rebuilt when the tables code changes; deleting it is always safe. A first run
 over 4,096 or more unparsed records parses them in parallel, one process per core (up to 8;
-Linux): worker processes, and this one reads a share meanwhile. --no-cache parses every record in this process and neither reads nor writes the file.
+Linux): worker processes, and this one reads a share meanwhile. --no-cache parses every record
+in this process and neither reads nor writes the file.
 
 examples:
   python run_all.py tables

@@ -411,9 +411,10 @@ def _parsed_in_workers(base: str, names: list[str], row) -> dict[str, tuple]:
         pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork"))
     except Exception:  # noqa: BLE001 - no processes here (limits, a sandbox): read serially
         return {}
-    futures: list = []
+    futures = []
     try:
-        futures += [pool.submit(_row_entries, base, chunk, row) for chunk in chunks]
+        for chunk in chunks:   # one by one: a submit that fails leaves the earlier ones to cancel
+            futures.append(pool.submit(_row_entries, base, chunk, row))
         mine = _row_entries(base, names[:own], row)     # while the workers read the rest
         done = [f.result() for f in futures]
     except BaseException as err:   # a worker died, or Ctrl-C: the queued chunks are not started
