@@ -5,7 +5,9 @@ official projects use (``pointnet2_ops.furthest_point_sample``, ``knn_cuda.KNN``
 Point-BERT's ``knn_point``. When the CUDA extensions are importable and the tensors are on a
 CUDA device, the extensions are called instead; both paths give the same indices (up to the
 1-ulp FMA differences documented for the CUDA kernels). On the CPU, FPS runs a numba-compiled
-kernel when numba is installed (``models.ops_jit``, the ``jit`` extra): the same indices again.
+kernel when numba is installed (``models.ops_jit``, the ``jit`` extra), and on CUDA without
+``pointnet2_ops`` a Triton kernel when Triton is installed (``models.ops_triton``; PyTorch's
+CUDA builds ship it): the same indices again.
 
 All functions are batched: inputs are (B, N, 3) and no Python loop runs over points (FPS
 iterates over its sample count, as the kernel does).
@@ -41,6 +43,7 @@ def _fallback(name: str, err: Exception, where: str = "on CUDA") -> None:
 
 
 _JIT_STATE: list = []   # [models.ops_jit, or None when numba is absent or broken], filled on first use
+_TRITON_STATE: list = []  # [models.ops_triton, or None when Triton is absent or broken], likewise
 
 
 def _jit():
@@ -171,6 +174,13 @@ def _fps_priority_order(n: int) -> torch.Tensor:
     return order[order < n]
 
 
+@lru_cache(maxsize=64)
+def _fps_order_on(n: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """``_fps_priority_order(n)`` on ``device``, and where index 0 sits in it."""
+    order = _fps_priority_order(n)
+    return order.to(device), int(order.argsort()[0])
+
+
 def _check_fps_args(xyz: torch.Tensor, m: int) -> None:
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"furthest_point_sample expects (B, N, 3) points, got {tuple(xyz.shape)}")
@@ -178,6 +188,22 @@ def _check_fps_args(xyz: torch.Tensor, m: int) -> None:
         raise ValueError(f"furthest_point_sample needs m >= 1, got {m}")
     if xyz.shape[1] == 0:
         raise ValueError("furthest_point_sample got a cloud with 0 points")
+
+
+def _triton():
+    """``models.ops_triton`` when Triton is installed and the module imports, else None."""
+    if not _TRITON_STATE:
+        try:
+            from models import ops_triton
+        except ModuleNotFoundError as err:   # Triton not installed (CPU builds of torch): PyTorch paths
+            if err.name != "triton":
+                _fallback("triton", err, "to import")
+            ops_triton = None
+        except Exception as err:  # noqa: BLE001 - installed but broken: fall back, warn once
+            _fallback("triton", err, "to import")
+            ops_triton = None
+        _TRITON_STATE.append(ops_triton)
+    return None if "triton" in _BROKEN else _TRITON_STATE[0]
 
 
 # The block-pruned path (``furthest_point_sample_blocks``): points per block, and the cloud size
@@ -193,9 +219,19 @@ def furthest_point_sample_fast(xyz: torch.Tensor, m: int) -> torch.Tensor:
     block-pruned kernel (``models.ops_jit.furthest_point_sample_jit``). Otherwise, on the CPU
     with N >= ``FPS_BLOCKS_MIN_POINTS`` finite points, ``furthest_point_sample_blocks`` (only
     the blocks of points a new centre can get closer to are updated), and else
-    ``furthest_point_sample_dense``. All give the reference's indices.
+    ``furthest_point_sample_dense``. On CUDA, with finite float32 clouds of at most
+    ``models.ops_triton.MAX_POINTS`` points and Triton installed, one Triton kernel
+    (``models.ops_triton``); else the dense loop. All give the reference's indices.
     """
     _check_fps_args(xyz, m)
+    if xyz.is_cuda and xyz.dtype == torch.float32:
+        tri = _triton()
+        if tri is not None and xyz.shape[1] <= tri.MAX_POINTS and bool(torch.isfinite(xyz).all()):
+            order, start = _fps_order_on(xyz.shape[1], xyz.device)
+            try:
+                return tri.furthest_point_sample_triton(xyz, m, order, start, FPS_SKIP_MAG2)
+            except Exception as err:  # noqa: BLE001 - a broken Triton install: fall back, warn once
+                _fallback("triton", err)
     if xyz.device.type == "cpu" and bool(torch.isfinite(xyz).all()):   # both pruned paths need finite boxes
         jit = _jit() if xyz.dtype in (torch.float32, torch.float64) else None
         if jit is not None:
@@ -353,8 +389,13 @@ def _fps_blocks(xyz: torch.Tensor, m: int, block: int) -> torch.Tensor:
     return order[torch.stack(chosen, 1).long()]
 
 
+@torch.compiler.disable
 def furthest_point_sample(xyz: torch.Tensor, m: int) -> torch.Tensor:
-    """FPS indices (B, m) int64; pointnet2_ops on CUDA when installed, else the emulation."""
+    """FPS indices (B, m) int64; pointnet2_ops on CUDA when installed, else the emulation.
+
+    Runs eagerly under ``torch.compile`` (a graph break): the kernel loops over the sample
+    count, which the compiler would unroll, and it has no gradient to fuse.
+    """
     if _pn2 is not None and xyz.is_cuda and "pointnet2_ops" not in _BROKEN:
         try:
             return _pn2.furthest_point_sample(xyz.float().contiguous(), m).long()
@@ -424,11 +465,13 @@ def knn_squared_distance(ref: torch.Tensor, query: torch.Tensor) -> torch.Tensor
     return d.add_(t)
 
 
+@torch.compiler.disable
 def knn(ref: torch.Tensor, query: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``knn_cuda.KNN(k, transpose_mode=True)(ref, query)``: (dist (B,M,k), idx (B,M,k)).
 
     Ascending Euclidean distance, ties broken by lower reference index; a query that is a
-    reference point gets itself first.
+    reference point gets itself first. Runs eagerly under ``torch.compile`` (a graph break):
+    its tie check reads a value back to the host, and the extension is opaque to the compiler.
     """
     if _KnnCuda is not None and ref.is_cuda and "knn_cuda" not in _BROKEN:
         try:

@@ -23,7 +23,7 @@ TINY_MAE = {"num_group": 16, "group_size": 16, "trans_dim": 96, "depth": 2, "num
 TINY_PEFT = {"prompt_layers": [0, 1], "cache_layers": [0, 1], "query_num_group": 8, "query_group_size": 16}
 
 
-def tiny_specs(device, quick, backbones=None, methods=None, threads=None):
+def tiny_specs(device, quick, backbones=None, methods=None, threads=None, precisions=None):
     base = {"backbone": "point_mae", "family": "scan", "num_classes": 15, "npoints": 256, "batch": 2,
             "precision": "fp32", "device": device, "warmup": 1, "steps": 1, "eval_warmup": 0, "eval_steps": 1,
             "bank_columns": 64, "seed": 0, "backbone_options": TINY_MAE, "threads": threads}
@@ -301,7 +301,7 @@ def test_speed_targets_compare_with_the_official_reference_as_at_least():
 def test_epoch_part_runs_a_real_loader_epoch_on_the_cpu(monkeypatch, tmp_path):
     from harness.bench import epoch_cases
 
-    def tiny(device, samples, root, backbones=None, threads=None, warmup=1):
+    def tiny(device, samples, root, backbones=None, threads=None, warmup=1, precisions=None, compiles=None):
         base = {"kind": "epoch", "backbone": "point_mae", "precision": "fp32", "compile": False, "device": device,
                 "samples": samples, "root": root, "batch": 4, "npoints": 1024, "warmup": warmup, "workers": 0,
                 "threads": 1, "seed": 0, "backbone_options": TINY_MAE}

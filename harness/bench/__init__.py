@@ -39,11 +39,13 @@ __all__ = ["run_bench", "write_outputs", "BenchSetupError", "PARTS", "validate_r
 
 def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=print, backbones=None,
               methods=None, command: str | None = None, threads: int | None = None,
-              epoch_samples: int | None = None) -> dict:
+              epoch_samples: int | None = None, precisions=None, compiles=None) -> dict:
     """Measure the selected parts on ``device`` and return the report with its targets.
 
     ``threads``: torch intra-op threads for every measurement (default: torch's default).
     ``epoch_samples``: clouds in the epoch part's epoch (default 11,416, PB_T50_RS train).
+    ``precisions`` (of "fp32", "bf16"; models and epoch parts) and ``compiles`` (of False,
+    True; epoch part): the CUDA cases to run, None for all; the CPU runs fp32 eager only.
     """
     import torch
 
@@ -67,14 +69,15 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
         report["ops"] = ops_cases.run_ops(device, quick, log=log)
     if "models" in only:
         report["models"] = model_cases.run_models(device, quick, log=log, backbones=backbones, methods=methods,
-                                                  threads=torch.get_num_threads())
+                                                  threads=torch.get_num_threads(), precisions=precisions)
         batches = sorted({e["batch"] for e in report["models"] if "batch" in e})
         report["model_batch"] = batches[0] if len(batches) == 1 else (batches or None)
     if "tooling" in only:
         report["tooling"] = tooling_cases.run_tooling(quick, log=log)
     if "epoch" in only:
         report["epoch"] = epoch_cases.run_epochs(device, epoch_samples or epoch_cases.PB_T50_RS_TRAIN, log=log,
-                                                 backbones=backbones, threads=torch.get_num_threads())
+                                                 backbones=backbones, threads=torch.get_num_threads(),
+                                                 precisions=precisions, compiles=compiles)
     if "scaling" in only:
         report["scaling"] = scaling.run_scaling(device, quick, log=log, backbones=backbones,
                                                 threads=torch.get_num_threads())

@@ -150,13 +150,19 @@ def check_device(device: str) -> None:
 
 
 def git_commit() -> str | None:
+    """The checkout's short commit, with "+dirty" when tracked files differ from it; None
+    outside git."""
     import subprocess
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10)
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def short_error(err: BaseException, limit: int = 300) -> str:

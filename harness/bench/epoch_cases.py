@@ -38,12 +38,17 @@ RESULT_MARK = "BENCH_RESULT "
 
 
 def epoch_specs(device: str, samples: int, root: str, backbones=None, threads: int | None = None,
-                warmup: int = 2) -> list[dict]:
-    """One spec per backbone x method x precision x compile (fp32 eager only on the CPU)."""
+                warmup: int = 2, precisions=None, compiles=None) -> list[dict]:
+    """One spec per backbone x method x precision x compile (fp32 eager only on the CPU).
+
+    On CUDA ``precisions`` (of "fp32", "bf16") and ``compiles`` (of False, True) narrow the
+    grid; None means all.
+    """
     from models.classifier import BACKBONES, default_npoints
 
     if device == "cuda":
-        grid = [(p, c) for p in ("fp32", "bf16") for c in (False, True)]
+        grid = [(p, c) for p in ("fp32", "bf16") for c in (False, True)
+                if (precisions is None or p in precisions) and (compiles is None or c in compiles)]
         workers = 4
     else:
         grid, workers = [("fp32", False)], 0
@@ -175,8 +180,10 @@ def _entry(spec: dict, status: str, notes: str, result: dict | None = None) -> d
 
 
 def run_epochs(device: str, samples: int = PB_T50_RS_TRAIN, log=print, backbones=None,
-               threads: int | None = None, timeout_s: float = 3600) -> list[dict]:
-    """Every epoch case in a fresh process over one temporary dataset of ``samples`` clouds."""
+               threads: int | None = None, timeout_s: float = 3600, precisions=None,
+               compiles=None) -> list[dict]:
+    """Every epoch case in a fresh process over one temporary dataset of ``samples`` clouds
+    (``precisions`` / ``compiles``: see ``epoch_specs``)."""
     if samples < BATCH:
         raise BenchSetupError(f"--epoch-samples must be at least one batch ({BATCH}), got {samples}")
     env = dict(os.environ)
@@ -186,7 +193,8 @@ def run_epochs(device: str, samples: int = PB_T50_RS_TRAIN, log=print, backbones
         t0 = time.perf_counter()
         root = write_dataset(Path(tmp), samples)
         log(f"epoch: wrote {samples} synthetic PB_T50_RS clouds in {time.perf_counter() - t0:.0f} s")
-        for spec in epoch_specs(device, samples, str(root), backbones, threads):
+        for spec in epoch_specs(device, samples, str(root), backbones, threads, precisions=precisions,
+                                compiles=compiles):
             cmd = [sys.executable, "-m", "harness.bench", "--one", json.dumps(spec)]
             try:
                 proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)

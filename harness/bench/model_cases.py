@@ -74,13 +74,15 @@ def official_reference(path=None) -> dict:
     return out
 
 
-def model_specs(device: str, quick: bool, backbones=None, methods=None, threads: int | None = None) -> list[dict]:
-    """One spec per case, in registry order (bf16 cases are added on CUDA)."""
+def model_specs(device: str, quick: bool, backbones=None, methods=None, threads: int | None = None,
+                precisions=None) -> list[dict]:
+    """One spec per case, in registry order (bf16 cases are added on CUDA; ``precisions``, of
+    "fp32" and "bf16", narrows them there; None means both)."""
     from models.classifier import BACKBONES, METHODS, default_npoints
 
     if device == "cuda":
         batch, warmup, steps, eval_steps = 32, (2 if quick else 5), (3 if quick else 20), (3 if quick else 20)
-        precisions = ("fp32", "bf16")
+        precisions = tuple(p for p in ("fp32", "bf16") if precisions is None or p in precisions)
     else:  # quick: the whole bench in < 2 minutes on 2 cores
         batch, warmup, steps, eval_steps = (QUICK_CPU_BATCH, 1, 2, 1) if quick else (32, 1, 3, 3)
         precisions = ("fp32",)
@@ -261,10 +263,10 @@ def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall
 
 
 def run_models(device: str, quick: bool, log=print, backbones=None, methods=None,
-               timeout_s: float | None = None, threads: int | None = None) -> list[dict]:
+               timeout_s: float | None = None, threads: int | None = None, precisions=None) -> list[dict]:
     """Each case in a fresh process; a failing case becomes an ``error`` entry, not a crash."""
     try:
-        specs = model_specs(device, quick, backbones, methods, threads)
+        specs = model_specs(device, quick, backbones, methods, threads, precisions)
     except Exception as err:  # noqa: BLE001 - e.g. a registry that does not import yet
         return [{"name": "models", "status": "error", "value": None, "unit": "samples/s", "values": {},
                  "units": {}, "notes": f"error: cannot list the models: {short_error(err)}"}]

@@ -37,13 +37,17 @@ A plain run measures ops, models and tooling; writes OUT/<device>-<date>.json an
 tables, and replaces the README block between <!-- bench:<device>:start --> and
 <!-- bench:<device>:end --> (skipped with a note where the markers are absent). Timings are
 only meaningful on an otherwise idle machine; the load average at start is recorded.
+--merge combines the JSON reports of separate runs (say, one per part or backbone on a GPU
+node) into one report, as if measured in one run; --readme to put it in the README.
 
 examples:
   python run_all.py bench --device cpu --threads 2 --method full,point_peft   # the README's CPU block (~25 min, idle machine)
   python run_all.py bench --quick --no-readme        # smoke run (a few minutes on 2 CPU cores)
   python run_all.py bench --device cpu --only ops,tooling
   python run_all.py bench --scaling --quick          # cost curves, CI-sized
-  python run_all.py bench --device cuda --epoch      # the GPU epoch targets"""
+  python run_all.py bench --device cuda --epoch      # the GPU epoch targets
+  python run_all.py bench --device cuda --epoch --precision bf16 --compile off --out /tmp/e
+  python run_all.py bench --merge /tmp/m/cuda-*.json /tmp/e/cuda-*-epoch.json --readme"""
 
 
 def _parts(text: str) -> list[str]:
@@ -56,6 +60,16 @@ def _parts(text: str) -> list[str]:
 
 def _names(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _choices(valid: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        names = _names(text)
+        bad = [n for n in names if n not in valid]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown value(s) {bad or text!r}; valid: {', '.join(valid)}")
+        return names
+    return parse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +89,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="models part: only these backbones (comma-separated; default all registered)")
     p.add_argument("--method", type=_names, default=None, metavar="NAMES",
                    help="models part: only these methods (comma-separated; default all registered)")
+    p.add_argument("--precision", type=_choices(("fp32", "bf16")), default=None, metavar="LIST",
+                   help="CUDA models and epoch parts: only these precisions, of fp32,bf16 (default both; "
+                        "the CPU runs fp32)")
+    p.add_argument("--compile", type=_choices(("off", "on")), default=None, metavar="LIST",
+                   help="CUDA epoch part: torch.compile off, on or off,on (default both; the CPU runs off)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="measure nothing: merge these reports of separate runs (same code, machine and "
+                        "mode; each case once) into one, rebuild its targets and write it like a run")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads for every measurement (default: torch's default, the core count)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench", metavar="DIR",
@@ -94,7 +116,12 @@ def run(args) -> int:
     from harness.cli import UserError
     from models.classifier import BACKBONES, METHODS, choose
 
+    if args.merge:
+        return _merge(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and ("bf16" in (args.precision or ()) or "on" in (args.compile or ())):
+        raise UserError("--precision bf16 and --compile on are CUDA cases; the CPU bench runs fp32 without "
+                        "torch.compile (use --device cuda on a GPU)")
     for kind, names, valid in (("backbone", args.backbone, BACKBONES), ("method", args.method, METHODS)):
         for name in names or []:
             choose(kind, name, valid)
@@ -122,10 +149,40 @@ def run(args) -> int:
     try:
         report = run_bench(device, args.quick, only, log=log, backbones=args.backbone,
                            methods=args.method, command=command, threads=args.threads,
-                           epoch_samples=args.epoch_samples)
+                           epoch_samples=args.epoch_samples, precisions=args.precision,
+                           compiles=None if args.compile is None else [c == "on" for c in args.compile])
     except BenchSetupError as err:
         raise UserError(str(err)) from None
-    done = write_outputs(report, args.out, readme)
+    return _write(report, args.out, readme)
+
+
+def _merge(args) -> int:
+    """``bench --merge A.json B.json ...``: one report from separate runs, written like a run's."""
+    import json
+
+    from harness.bench.report import merge_reports
+    from harness.cli import UserError
+
+    reports = []
+    for path in args.merge:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise UserError(f"--merge: {path} does not exist (expected a bench report .json)") from None
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise UserError(f"--merge: cannot read {path} as a bench report JSON ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    try:
+        report = merge_reports(reports, [str(p) for p in args.merge])
+    except ValueError as err:
+        raise UserError(f"--merge: {err}") from None
+    return _write(report, args.out, None if args.no_readme else args.readme)
+
+
+def _write(report: dict, out: Path, readme) -> int:
+    from harness.bench import render_markdown, write_outputs
+
+    done = write_outputs(report, out, readme)
     print(render_markdown(report))
     print(f"wrote {done['json']}")
     print(f"wrote {done['markdown']}")
