@@ -28,7 +28,7 @@ import triton.language as tl
 MAX_POINTS = 8192  # per cloud: 4 values per point in registers, <= 32 per thread at 16 warps
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["start"])
 def _fps_kernel(pts_ptr, out_ptr, n, m, start, skip_mag2, BLOCK: tl.constexpr):  # pragma: no cover
     """pts (B, 3, n) float32 in priority order; out (B, m) int64 priority positions."""
     b = tl.program_id(0).to(tl.int64)
@@ -42,7 +42,7 @@ def _fps_kernel(pts_ptr, out_ptr, n, m, start, skip_mag2, BLOCK: tl.constexpr): 
     # 1e10 to start, -1 for excluded points (never chosen), -2 for the padding lanes
     temp = tl.where(valid, tl.where(mag <= skip_mag2, -1.0, 1e10), -2.0)
     out = out_ptr + b * m
-    last = start
+    last = tl.zeros([], tl.int32) + start
     tl.store(out, last.to(tl.int64))
     for j in tl.range(1, m):
         cx = tl.load(base + last)
