@@ -64,13 +64,16 @@ def _jit():
 
 
 def kernels_used(device: torch.device | str | None = None) -> dict[str, str]:
-    """Which implementation FPS and kNN run on ``device``: {"fps": "pointnet2_ops" | "numba" |
-    "pytorch", "knn": "knn_cuda" | "pytorch"} ("numba": the compiled CPU kernel, which runs for
-    finite float32/float64 points; others take the PyTorch paths, with the same indices) plus
-    "broken": {extension: error} for extensions that imported but failed (for the run record)."""
+    """Which implementation FPS and kNN run on ``device``: {"fps": "pointnet2_ops" | "triton" |
+    "numba" | "pytorch", "knn": "knn_cuda" | "pytorch"} ("numba": the compiled CPU kernel, which
+    runs for finite float32/float64 points; "triton": the CUDA kernel, for finite float32 clouds
+    of up to ``models.ops_triton.MAX_POINTS`` points; others take the PyTorch paths, with the
+    same indices) plus "broken": {extension: error} for extensions that imported but failed (for
+    the run record)."""
     cuda = device is not None and torch.device(device).type == "cuda"
     if cuda:
-        fps = "pointnet2_ops" if _pn2 is not None and "pointnet2_ops" not in _BROKEN else "pytorch"
+        fps = ("pointnet2_ops" if _pn2 is not None and "pointnet2_ops" not in _BROKEN else
+               "triton" if _triton() is not None else "pytorch")
     else:
         fps = "numba" if _jit() is not None else "pytorch"
     out = {"fps": fps, "knn": "knn_cuda" if cuda and _KnnCuda is not None and "knn_cuda" not in _BROKEN else "pytorch"}

@@ -3,10 +3,11 @@
 Imported by ``models.ops`` only when Triton is installed (it ships with PyTorch's CUDA builds)
 and the points are on a CUDA device; without it the pure-PyTorch paths run and give the same
 indices. The PyTorch loop (``models.ops.furthest_point_sample_dense``) launches about six
-kernels per sampled point, so on a GPU it is bound by launch overhead: 142 ms for 2048 -> 2048
-points (batch 32) on an H200, which the data pipeline's FPS to ``point_all`` pays every step.
-Here each cloud is one program that keeps its points and their min-distances in registers and
-loops over the m samples, so the whole FPS is one launch.
+kernels per sampled point, so on a GPU it is bound by launch overhead: 118.85 ms for 2048 ->
+2048 points (batch 32) on an H200, which the data pipeline's FPS to ``point_all`` pays every
+step, against 1.08 ms here (``python -m harness.bench.step_profile --fps-only``). Here each
+cloud is one program that keeps its points and their min-distances in registers and loops over
+the m samples, so the whole FPS is one launch.
 
 Semantics are those of the official CUDA kernel (``pointnet2_ops.furthest_point_sample``), as
 emulated by ``models.ops.furthest_point_sample_reference``: start at index 0, points with

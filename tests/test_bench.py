@@ -298,17 +298,20 @@ def test_speed_targets_compare_with_the_official_reference_as_at_least():
     assert rows[0]["official_cpu"]["eval_speedup"] == pytest.approx(ref[("point_bert", "full")]["eval_step_s"] / 0.5)
 
 
+def tiny_epoch_specs(device, samples, root, backbones=None, threads=None, warmup=1, precisions=None, compiles=None):
+    """Two epoch cases (full, Point-PEFT) of a tiny Point-MAE at batch 4 on the CPU."""
+    base = {"kind": "epoch", "backbone": "point_mae", "precision": "fp32", "compile": False, "device": device,
+            "samples": samples, "root": root, "batch": 4, "npoints": 1024, "warmup": warmup, "workers": 0,
+            "threads": 1, "seed": 0, "backbone_options": TINY_MAE}
+    return [{**base, "method": "full", "method_options": {}},
+            {**base, "method": "point_peft", "method_options": TINY_PEFT}]
+
+
 def test_epoch_part_runs_a_real_loader_epoch_on_the_cpu(monkeypatch, tmp_path):
     from harness.bench import epoch_cases
 
-    def tiny(device, samples, root, backbones=None, threads=None, warmup=1, precisions=None, compiles=None):
-        base = {"kind": "epoch", "backbone": "point_mae", "precision": "fp32", "compile": False, "device": device,
-                "samples": samples, "root": root, "batch": 4, "npoints": 1024, "warmup": warmup, "workers": 0,
-                "threads": 1, "seed": 0, "backbone_options": TINY_MAE}
-        return [{**base, "method": "full", "method_options": {}},
-                {**base, "method": "point_peft", "method_options": TINY_PEFT}]
     monkeypatch.setattr(epoch_cases, "BATCH", 4)
-    monkeypatch.setattr(epoch_cases, "epoch_specs", tiny)
+    monkeypatch.setattr(epoch_cases, "epoch_specs", tiny_epoch_specs)
     rep = run_bench("cpu", quick=True, only=["epoch"], log=lambda m: None, epoch_samples=10)
     assert [e["status"] for e in rep["epoch"]] == ["ok", "ok"], [e["notes"] for e in rep["epoch"]]
     for e in rep["epoch"]:

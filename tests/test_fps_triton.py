@@ -23,6 +23,7 @@ def test_triton_gives_the_reference_indices(kind, n):
         want = ops.furthest_point_sample_reference(xyz, m)   # on the CPU
         got = ops.furthest_point_sample_fast(xyz.cuda(), m)
         assert got.is_cuda and got.dtype == torch.int64 and torch.equal(got.cpu(), want), (kind, n, m)
+    assert ops.kernels_used("cuda")["fps"] in ("triton", "pointnet2_ops")
 
 
 @pytest.mark.parametrize("n,m", [(2048, 2048), (8192, 1024)])

@@ -163,3 +163,15 @@ def test_fps_points_are_gathered_centers():
     centers = ops.fps(xyz, 8)
     idx = ops.furthest_point_sample(xyz, 8)
     assert torch.equal(centers, ops.gather_points(xyz, idx))
+
+
+def test_kernels_used_names_the_triton_fps_on_cuda_only_when_triton_imports(monkeypatch):
+    # no GPU needed: the answer depends on what imports, not on a device being present
+    monkeypatch.setattr(ops, "_pn2", None)
+    monkeypatch.setattr(ops, "_TRITON_STATE", [None])      # Triton absent (CPU builds of torch)
+    assert ops.kernels_used("cuda")["fps"] == "pytorch"
+    monkeypatch.setattr(ops, "_TRITON_STATE", [object()])  # Triton importable
+    assert ops.kernels_used("cuda")["fps"] == "triton"
+    assert ops.kernels_used("cpu")["fps"] in ("numba", "pytorch")
+    monkeypatch.setitem(ops._BROKEN, "triton", "RuntimeError: broken")   # failed once: PyTorch paths
+    assert ops.kernels_used("cuda")["fps"] == "pytorch"

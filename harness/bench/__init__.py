@@ -39,13 +39,16 @@ __all__ = ["run_bench", "write_outputs", "BenchSetupError", "PARTS", "validate_r
 
 def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=print, backbones=None,
               methods=None, command: str | None = None, threads: int | None = None,
-              epoch_samples: int | None = None, precisions=None, compiles=None) -> dict:
+              epoch_samples: int | None = None, precisions=None, compiles=None, save_partial=None) -> dict:
     """Measure the selected parts on ``device`` and return the report with its targets.
 
     ``threads``: torch intra-op threads for every measurement (default: torch's default).
     ``epoch_samples``: clouds in the epoch part's epoch (default 11,416, PB_T50_RS train).
     ``precisions`` (of "fp32", "bf16"; models and epoch parts) and ``compiles`` (of False,
     True; epoch part): the CUDA cases to run, None for all; the CPU runs fp32 eager only.
+    ``save_partial``: called with the report so far (``"partial": True``, targets from the cases
+    done) after each models / epoch case and each part, so that a run stopped midway (a job's
+    time limit, a lost node) keeps what it measured.
     """
     import torch
 
@@ -65,19 +68,32 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
         "command": command, "model_batch": None,
         "ops": [], "models": [], "tooling": [], "epoch": [], "scaling": [], "targets": [],
     }
+    def checkpoint() -> None:
+        if save_partial is not None:
+            snapshot = {**report, "partial": True, "wall_s": time.perf_counter() - started}
+            snapshot.update({part: list(entries) for part, entries in report.items() if part in PARTS})
+            snapshot["targets"] = build_targets(snapshot)
+            save_partial(snapshot)
+
     if "ops" in only:
         report["ops"] = ops_cases.run_ops(device, quick, log=log)
+        checkpoint()
     if "models" in only:
-        report["models"] = model_cases.run_models(device, quick, log=log, backbones=backbones, methods=methods,
-                                                  threads=torch.get_num_threads(), precisions=precisions)
+        report["models"] = _Progress(checkpoint)   # filled case by case
+        model_cases.run_models(device, quick, log=log, backbones=backbones, methods=methods,
+                               threads=torch.get_num_threads(), precisions=precisions, entries=report["models"])
+        report["models"] = list(report["models"])
         batches = sorted({e["batch"] for e in report["models"] if "batch" in e})
         report["model_batch"] = batches[0] if len(batches) == 1 else (batches or None)
     if "tooling" in only:
         report["tooling"] = tooling_cases.run_tooling(quick, log=log)
+        checkpoint()
     if "epoch" in only:
-        report["epoch"] = epoch_cases.run_epochs(device, epoch_samples or epoch_cases.PB_T50_RS_TRAIN, log=log,
-                                                 backbones=backbones, threads=torch.get_num_threads(),
-                                                 precisions=precisions, compiles=compiles)
+        report["epoch"] = _Progress(checkpoint)
+        epoch_cases.run_epochs(device, epoch_samples or epoch_cases.PB_T50_RS_TRAIN, log=log, backbones=backbones,
+                               threads=torch.get_num_threads(), precisions=precisions, compiles=compiles,
+                               entries=report["epoch"])
+        report["epoch"] = list(report["epoch"])
     if "scaling" in only:
         report["scaling"] = scaling.run_scaling(device, quick, log=log, backbones=backbones,
                                                 threads=torch.get_num_threads())
@@ -87,6 +103,18 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
     if problems:  # a bug in the bench itself, not in what it measured
         raise AssertionError("bench report does not match its schema: " + "; ".join(problems))
     return report
+
+
+class _Progress(list):
+    """A part's entry list that calls ``notify()`` after each append (partial reports)."""
+
+    def __init__(self, notify):
+        super().__init__()
+        self._notify = notify
+
+    def append(self, entry) -> None:
+        super().append(entry)
+        self._notify()
 
 
 def write_outputs(report: dict, out_dir: Path, readme: Path | None) -> dict:

@@ -181,14 +181,15 @@ def _entry(spec: dict, status: str, notes: str, result: dict | None = None) -> d
 
 def run_epochs(device: str, samples: int = PB_T50_RS_TRAIN, log=print, backbones=None,
                threads: int | None = None, timeout_s: float = 3600, precisions=None,
-               compiles=None) -> list[dict]:
+               compiles=None, entries: list | None = None) -> list[dict]:
     """Every epoch case in a fresh process over one temporary dataset of ``samples`` clouds
-    (``precisions`` / ``compiles``: see ``epoch_specs``)."""
+    (``precisions`` / ``compiles``: see ``epoch_specs``); each entry is appended to
+    ``entries`` (a new list by default) as its case finishes."""
     if samples < BATCH:
         raise BenchSetupError(f"--epoch-samples must be at least one batch ({BATCH}), got {samples}")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    entries = []
+    entries = [] if entries is None else entries
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         t0 = time.perf_counter()
         root = write_dataset(Path(tmp), samples)

@@ -263,21 +263,27 @@ def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall
 
 
 def run_models(device: str, quick: bool, log=print, backbones=None, methods=None,
-               timeout_s: float | None = None, threads: int | None = None, precisions=None) -> list[dict]:
-    """Each case in a fresh process; a failing case becomes an ``error`` entry, not a crash."""
+               timeout_s: float | None = None, threads: int | None = None, precisions=None,
+               entries: list | None = None) -> list[dict]:
+    """Each case in a fresh process; a failing case becomes an ``error`` entry, not a crash.
+
+    ``entries``: the list to append each case's entry to as it finishes (returned)."""
     try:
         specs = model_specs(device, quick, backbones, methods, threads, precisions)
     except Exception as err:  # noqa: BLE001 - e.g. a registry that does not import yet
-        return [{"name": "models", "status": "error", "value": None, "unit": "samples/s", "values": {},
-                 "units": {}, "notes": f"error: cannot list the models: {short_error(err)}"}]
-    return run_specs(specs, log, timeout_s or (600 if quick else 3600))
+        entries = [] if entries is None else entries
+        entries.append({"name": "models", "status": "error", "value": None, "unit": "samples/s", "values": {},
+                        "units": {}, "notes": f"error: cannot list the models: {short_error(err)}"})
+        return entries
+    return run_specs(specs, log, timeout_s or (600 if quick else 3600), entries)
 
 
-def run_specs(specs: list[dict], log=print, timeout_s: float = 3600) -> list[dict]:
-    """Measure each spec in a fresh ``python -m harness.bench --one`` process."""
+def run_specs(specs: list[dict], log=print, timeout_s: float = 3600, entries: list | None = None) -> list[dict]:
+    """Measure each spec in a fresh ``python -m harness.bench --one`` process; each entry is
+    appended to ``entries`` (a new list by default) as its case finishes."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    entries = []
+    entries = [] if entries is None else entries
     for spec in specs:
         cmd = [sys.executable, "-m", "harness.bench", "--one", json.dumps(spec)]
         t0 = time.perf_counter()

@@ -49,6 +49,9 @@ def _fps_impls(device: str, quick: bool) -> list[tuple[str, Callable[[torch.Tens
                 if ops.kernels_used("cpu")["fps"] == "numba" else
                 f" (on the CPU, numba not installed: the block-pruned path for N >= {ops.FPS_BLOCKS_MIN_POINTS}, "
                 "the dense loop below)")
+    elif fast and ops.kernels_used(device)["fps"] == "triton":
+        from models.ops_triton import MAX_POINTS
+        path = f" (on CUDA: the Triton kernel, models.ops_triton, for float32 clouds of <= {MAX_POINTS:,} points)"
     else:
         path = ""
     impls.append(("ours", ours, f"models.ops.{_ours_fps().__name__}{path}; " + FPS_SEMANTICS))

@@ -36,9 +36,11 @@ A plain run measures ops, models and tooling; writes OUT/<device>-<date>.json an
 (-epoch / -scaling / -quick in the name for those runs; .png beside them for the scaling plot), prints the
 tables, and replaces the README block between <!-- bench:<device>:start --> and
 <!-- bench:<device>:end --> (skipped with a note where the markers are absent). Timings are
-only meaningful on an otherwise idle machine; the load average at start is recorded.
+only meaningful on an otherwise idle machine; the load average at start is recorded. While it
+runs, OUT/<name>.partial.json holds the cases finished so far (kept if the run is stopped).
 --merge combines the JSON reports of separate runs (say, one per part or backbone on a GPU
-node) into one report, as if measured in one run; --readme to put it in the README.
+node) into one report with its targets scored over all their cases; --readme to put it in
+the README.
 
 examples:
   python run_all.py bench --device cpu --threads 2 --method full,point_peft   # the README's CPU block (~25 min, idle machine)
@@ -146,14 +148,30 @@ def run(args) -> int:
     load, cores = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), os.cpu_count() or 1
     if load > 0.5 * cores:
         log(f"note: load average {load:.2f} on {cores} cores: other work is running, timings will be noisy")
+    from harness.bench.report import partial_path, to_json
+    from harness.results import write_bytes_atomic
+
+    partial = []   # the partial report's path, once written
+
+    def save_partial(snapshot: dict) -> None:
+        path = partial_path(args.out, snapshot)
+        if not partial:
+            log(f"partial results go to {path} as cases finish (removed when the run completes)")
+            partial.append(path)
+        write_bytes_atomic(path, to_json(snapshot))
+
     try:
         report = run_bench(device, args.quick, only, log=log, backbones=args.backbone,
                            methods=args.method, command=command, threads=args.threads,
                            epoch_samples=args.epoch_samples, precisions=args.precision,
-                           compiles=None if args.compile is None else [c == "on" for c in args.compile])
+                           compiles=None if args.compile is None else [c == "on" for c in args.compile],
+                           save_partial=save_partial)
     except BenchSetupError as err:
         raise UserError(str(err)) from None
-    return _write(report, args.out, readme)
+    rc = _write(report, args.out, readme)
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return rc
 
 
 def _merge(args) -> int:
@@ -176,6 +194,9 @@ def _merge(args) -> int:
         report = merge_reports(reports, [str(p) for p in args.merge])
     except ValueError as err:
         raise UserError(f"--merge: {err}") from None
+    if report.get("partial"):
+        print("note: merged from partial reports: the cases their runs did not reach are missing",
+              file=sys.stderr)
     return _write(report, args.out, None if args.no_readme else args.readme)
 
 

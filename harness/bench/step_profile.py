@@ -1,0 +1,138 @@
+"""``python -m harness.bench.step_profile``: where a training step's time goes (a diagnosis aid).
+
+Not part of the scored bench. Prints, for one device:
+
+* FPS timings of ``models.ops.furthest_point_sample`` (the path the device takes: the Triton
+  kernel on CUDA, numba on the CPU, when installed) beside the dense PyTorch loop, batch B,
+  and whether both give the same indices;
+* per backbone x method: milliseconds per training step (bf16 autocast on CUDA, fp32 on the
+  CPU; random clouds, AdamW), with the data pipeline's FPS to ``point_all`` + random subset +
+  scale-and-translate, and without it (the first ``npoints`` points); peak allocated GiB on CUDA;
+* with ``--profile``: the PyTorch profiler's top ops of two steps (without the data FPS) by
+  self device time and by CPU time with their call counts: a step that launches thousands of
+  small kernels shows up as CPU time far above device time.
+
+Example (a GPU node): ``python -m harness.bench.step_profile --backbone point_mae --profile``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _timer(device: str):
+    import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timeit(fn, repeats: int) -> float:
+        """Mean milliseconds per call after min(3, repeats) warm-up calls."""
+        for _ in range(min(3, repeats)):
+            fn()
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync()
+        return (time.perf_counter() - start) / repeats * 1e3
+    return timeit, sync
+
+
+def make_step(backbone: str, method: str, device: str, batch: int):
+    """A training step closure ``step(pipeline: bool)`` on fixed random clouds of 2,048 points."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.data.transforms import point_all_for, sample_points, scale_and_translate
+    from harness.train import adamw
+    from models.classifier import build_model, default_npoints
+
+    torch.manual_seed(0)
+    model = build_model(backbone, 15, method=method, family="scan")
+    if hasattr(model, "set_memory_bank"):
+        model.set_memory_bank(F.normalize(torch.randn(int(model.query_dim), 11416), dim=0))
+    model.to(device).train()
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+    npoints = default_npoints(backbone, "scan")
+    point_all = point_all_for(npoints, 2048)
+    sub_gen, aug_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    raw = torch.randn(batch, 2048, 3).to(device)
+    labels = torch.randint(0, 15, (batch,)).to(device)
+
+    def step(pipeline: bool = True) -> None:
+        pts = sample_points(raw, npoints, point_all, generator=sub_gen) if pipeline else raw[:, :npoints]
+        pts = scale_and_translate(pts, generator=aug_gen)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            logits = model(pts)
+        F.cross_entropy(logits.float(), labels).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from models import ops
+    from models.classifier import BACKBONES, METHODS
+
+    p = argparse.ArgumentParser(prog="python -m harness.bench.step_profile", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--batch", type=int, default=32, help="clouds per step (default 32)")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps per case (default 10)")
+    p.add_argument("--backbone", default=",".join(BACKBONES), help="comma-separated (default all)")
+    p.add_argument("--method", default="full,point_peft", help="comma-separated (default full,point_peft)")
+    p.add_argument("--fps-only", action="store_true", help="only the FPS timings")
+    p.add_argument("--profile", action="store_true", help="also print the profiler's top ops per case")
+    args = p.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    if args.batch < 1 or args.repeats < 1:
+        print("error: --batch and --repeats must be >= 1", file=sys.stderr)
+        return 2
+    backbones = [b for b in args.backbone.split(",") if b]
+    methods = [m for m in args.method.split(",") if m]
+    for kind, names, valid in (("backbone", backbones, BACKBONES), ("method", methods, METHODS)):
+        bad = [n for n in names if n not in valid]
+        if bad or not names:
+            print(f"error: unknown {kind}(s) {bad or names}; valid: {', '.join(valid)}", file=sys.stderr)
+            return 2
+    timeit, sync = _timer(device)
+    for n, m in ((2048, 2048), (2048, 128), (2048, 512), (8192, 1024)):
+        x = torch.randn(args.batch, n, 3, device=device)
+        fast = timeit(lambda: ops.furthest_point_sample(x, m), args.repeats)
+        dense = timeit(lambda: ops.furthest_point_sample_dense(x, m), min(args.repeats, 3))
+        same = torch.equal(ops.furthest_point_sample(x, m), ops.furthest_point_sample_dense(x, m))
+        print(f"FPS {n}->{m} (B={args.batch}): {fast:.2f} ms (dense loop {dense:.2f} ms); same indices: {same}",
+              flush=True)
+    if args.fps_only:
+        return 0
+    for backbone in backbones:
+        for method in methods:
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            step = make_step(backbone, method, device, args.batch)
+            with_fps, without = timeit(step, args.repeats), timeit(lambda: step(False), args.repeats)
+            peak = f"; peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device == "cuda" else ""
+            print(f"{backbone}/{method}: step {with_fps:.1f} ms with the data FPS, {without:.1f} ms without{peak}",
+                  flush=True)
+            if args.profile:
+                acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+                with profile(activities=acts) as prof:
+                    step(False)
+                    step(False)
+                    sync()
+                table = prof.key_averages()
+                if device == "cuda":
+                    print(table.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
+                print(table.table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

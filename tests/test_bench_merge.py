@@ -1,0 +1,147 @@
+"""``bench --merge`` (one report from separate runs), partial reports of stopped runs, and the
+``--precision`` / ``--compile`` narrowing of the CUDA cases. No GPU needed: the reports are
+built from the epoch part's own entry maker."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.bench import epoch_cases, model_cases, run_bench
+from harness.bench import report as bench_report
+from tests.test_bench import run_cli, tiny_epoch_specs
+
+
+def epoch_entry(backbone, method, seconds, peak, precision="bf16", compiled=False, samples=11416):
+    spec = {"backbone": backbone, "method": method, "precision": precision, "compile": compiled, "batch": 32,
+            "npoints": 2048, "samples": samples}
+    steps = samples // 32
+    result = {"epoch_s": seconds, "epoch_cpu_s": seconds, "samples": steps * 32, "steps": steps,
+              "samples_per_s": steps * 32 / seconds, "peak_memory_bytes": peak, "memory_method": "test"}
+    return epoch_cases._entry(spec, "ok", "", result)
+
+
+def report(epoch, **over):
+    rep = {"schema": bench_report.SCHEMA_VERSION, "device": "cuda", "device_name": "NVIDIA H200",
+           "date": "2026-11-30", "created": "2026-11-30T21:00:00+00:00", "torch": "2.11.0", "python": "3.12.3",
+           "threads": 16, "quick": False, "parts": ["epoch"], "git_commit": "abc1234", "load_average": [0.1] * 3,
+           "command": "python run_all.py bench --device cuda --epoch", "model_batch": None,
+           "ops": [], "models": [], "tooling": [], "epoch": epoch, "scaling": [], "targets": [], "wall_s": 10.0}
+    rep.update(over)
+    rep["targets"] = bench_report.build_targets(rep)
+    return rep
+
+
+def target(rep, name):
+    return next(t for t in rep["targets"] if t["name"] == name)
+
+
+def test_merge_scores_targets_over_cases_measured_in_separate_runs():
+    full = report([epoch_entry("point_mae", "full", 8.0, 4 << 30)])
+    peft = report([epoch_entry("point_mae", "point_peft", 6.0, 1 << 30)], command="python run_all.py bench --x")
+    # alone, neither run can score the Point-PEFT / full targets
+    assert target(full, "epoch_peft_vs_full[point_mae]")["status"] == "not-measured"
+    merged = bench_report.merge_reports([full, peft], ["a/full.json", "b/peft.json"])
+    assert [e["method"] for e in merged["epoch"]] == ["full", "point_peft"]
+    assert merged["merged_from"] == ["a/full.json", "b/peft.json"] and merged["wall_s"] == 20.0
+    assert merged["command"] == "python run_all.py bench --device cuda --epoch ; python run_all.py bench --x"
+    ratio = target(merged, "epoch_peft_vs_full[point_mae]")
+    assert ratio["status"] == "pass" and ratio["value"] == pytest.approx(0.75)
+    assert target(merged, "epoch_peft_seconds[point_mae]")["status"] == "fail"   # 6 s > 5 s
+    assert target(merged, "epoch_peft_memory[point_mae]")["value"] == pytest.approx(0.25)
+    assert "partial" not in merged
+    md = bench_report.render_markdown(merged)
+    assert "Merged by `python run_all.py bench --merge` from 2 runs" in md and "full.json, peft.json" in md
+
+
+def test_merge_refuses_different_setups_repeated_cases_and_non_reports():
+    a = report([epoch_entry("point_mae", "full", 8.0, 4 << 30)])
+    other_gpu = report([epoch_entry("point_mae", "point_peft", 6.0, 1 << 30)], device_name="NVIDIA A100")
+    with pytest.raises(ValueError, match=r"b.json: device_name is 'NVIDIA A100' but a.json has 'NVIDIA H200'"):
+        bench_report.merge_reports([a, other_gpu], ["a.json", "b.json"])
+    with pytest.raises(ValueError, match=r"b.json: git_commit"):
+        bench_report.merge_reports([a, report([], git_commit="abc1234+dirty")], ["a.json", "b.json"])
+    with pytest.raises(ValueError, match=r"b.json: epoch case 'point_mae / full \(bf16, compile off\)' is also in a.json"):
+        bench_report.merge_reports([a, report([epoch_entry("point_mae", "full", 9.0, 4 << 30)])], ["a.json", "b.json"])
+    with pytest.raises(ValueError, match=r"b.json: not a bench report \(missing top-level key 'device'\)"):
+        bench_report.merge_reports([a, {k: v for k, v in a.items() if k != "device"}], ["a.json", "b.json"])
+    with pytest.raises(ValueError, match="nothing to merge"):
+        bench_report.merge_reports([], [])
+
+
+def test_merge_cli_writes_the_report_and_names_bad_files_in_one_line(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(report([epoch_entry("point_bert", "full", 8.0, 4 << 30)])))
+    b.write_text(json.dumps(report([epoch_entry("point_bert", "point_peft", 4.0, 1 << 30)], partial=True)))
+    out = tmp_path / "out"
+    assert run_cli(["bench", "--merge", str(a), str(b), "--out", str(out), "--no-readme"]) == 0
+    captured = capsys.readouterr()
+    assert "merged from partial reports" in captured.err
+    merged = json.loads((out / "cuda-2026-11-30-epoch.json").read_text())
+    assert merged["partial"] is True and merged["merged_from"] == [str(a), str(b)]
+    assert target(merged, "epoch_peft_seconds[point_bert]")["status"] == "pass"
+    assert "Partial: the runs stopped" in (out / "cuda-2026-11-30-epoch.md").read_text()
+
+    from harness.cli import UserError
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for args, msg in (([str(a), str(tmp_path / "missing.json")], "missing.json does not exist"),
+                      ([str(a), str(bad)], "cannot read"),
+                      ([str(a), str(a)], "is also in")):
+        with pytest.raises(UserError, match=msg) as err:
+            run_cli(["bench", "--merge", *args, "--out", str(out), "--no-readme"])
+        assert "\n" not in str(err.value)
+
+
+def test_precision_and_compile_narrow_the_cuda_cases_and_are_refused_on_the_cpu():
+    specs = epoch_cases.epoch_specs("cuda", 64, "/x", ["point_mae"], precisions=["bf16"], compiles=[False])
+    assert {(s["precision"], s["compile"]) for s in specs} == {("bf16", False)} and len(specs) == 2
+    assert len(epoch_cases.epoch_specs("cuda", 64, "/x", ["point_mae"])) == 8
+    cases = model_cases.model_specs("cuda", False, ["point_mae"], ["full", "point_peft"], precisions=["fp32"])
+    assert {s["precision"] for s in cases} == {"fp32"} and len(cases) == 4   # full + Point-PEFT with 2 levers
+
+    from harness.cli import UserError
+    with pytest.raises(UserError, match="CUDA cases"):
+        run_cli(["bench", "--device", "cpu", "--epoch", "--precision", "bf16"])
+    with pytest.raises(SystemExit):
+        run_cli(["bench", "--device", "cuda", "--compile", "maybe"])
+
+
+def test_each_finished_case_is_saved_so_a_stopped_run_keeps_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(epoch_cases, "BATCH", 4)
+    monkeypatch.setattr(epoch_cases, "epoch_specs", tiny_epoch_specs)
+    snapshots = []
+    rep = run_bench("cpu", quick=True, only=["epoch"], log=lambda m: None, epoch_samples=8,
+                    save_partial=lambda snap: snapshots.append(json.loads(json.dumps(snap))))
+    assert [len(s["epoch"]) for s in snapshots] == [1, 2] and all(s["partial"] for s in snapshots)
+    assert all(bench_report.validate_report(s) == [] for s in snapshots)
+    assert "partial" not in rep and len(rep["epoch"]) == 2 and type(rep["epoch"]) is list
+
+    # the CLI: a run stopped after its first case leaves the partial report; a finished run removes it
+    real = epoch_cases.run_epochs
+
+    def stopped(*args, entries=None, **kwargs):
+        entries.append(epoch_entry("point_mae", "full", 1.0, 1, precision="fp32", samples=8))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(epoch_cases, "run_epochs", stopped)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(["bench", "--device", "cpu", "--epoch", "--epoch-samples", "32", "--out", str(out), "--no-readme"])
+    [partial] = out.glob("*.partial.json")
+    kept = json.loads(partial.read_text())
+    assert kept["partial"] is True and [e["method"] for e in kept["epoch"]] == ["full"]
+    monkeypatch.setattr(epoch_cases, "run_epochs", real)
+    assert run_cli(["bench", "--device", "cpu", "--epoch", "--epoch-samples", "32", "--out", str(out),
+                    "--no-readme"]) == 0
+    assert not list(out.glob("*.partial.json")) and len(list(out.glob("cpu-*-epoch.json"))) == 1
+
+
+def test_step_profile_times_fps_and_refuses_unknown_names(capsys):
+    from harness.bench import step_profile
+
+    assert step_profile.main(["--device", "cpu", "--batch", "1", "--repeats", "1", "--fps-only"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("FPS ") and line.endswith("same indices: True") for line in lines)
+    assert step_profile.main(["--backbone", "point_mae,nope"]) == 2
+    assert "unknown backbone(s) ['nope']" in capsys.readouterr().err
+    assert step_profile.main(["--method", "lora9"]) == 2
