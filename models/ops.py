@@ -233,6 +233,8 @@ def furthest_point_sample_fast(xyz: torch.Tensor, m: int) -> torch.Tensor:
             order, start = _fps_order_on(xyz.shape[1], xyz.device)
             try:
                 return tri.furthest_point_sample_triton(xyz, m, order, start, FPS_SKIP_MAG2)
+            except torch.OutOfMemoryError:   # not Triton's fault: the dense loop would need more
+                raise
             except Exception as err:  # noqa: BLE001 - a broken Triton install: fall back, warn once
                 _fallback("triton", err)
     if xyz.device.type == "cpu" and bool(torch.isfinite(xyz).all()):   # both pruned paths need finite boxes

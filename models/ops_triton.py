@@ -5,7 +5,7 @@ and the points are on a CUDA device; without it the pure-PyTorch paths run and g
 indices. The PyTorch loop (``models.ops.furthest_point_sample_dense``) launches about six
 kernels per sampled point, so on a GPU it is bound by launch overhead: 118.85 ms for 2048 ->
 2048 points (batch 32) on an H200, which the data pipeline's FPS to ``point_all`` pays every
-step, against 1.08 ms here (``python -m harness.bench.step_profile --fps-only``). Here each
+step, against 1.08 ms here (what ``python -m harness.bench.step_profile --fps-only`` measures). Here each
 cloud is one program that keeps its points and their min-distances in registers and loops over
 the m samples, so the whole FPS is one launch.
 
@@ -18,7 +18,8 @@ permuted once into ``models.ops._fps_priority_order``, where the winner is the f
 as in the dense loop. Same indices as the dense loop, bit for bit.
 
 Limits: float32 points, finite, at most ``MAX_POINTS`` per cloud (all in registers); callers
-fall back to the PyTorch paths otherwise.
+fall back to the PyTorch paths otherwise. The launch is made on the points' device (a run on
+``cuda:1`` with ``cuda:0`` current is fine).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_POINTS = 8192  # per cloud: 4 values per point in registers, <= 32 per thread at 16 warps
+MAX_POINTS = 8192  # per cloud, all in registers: 16 points (64 values) per thread at 16 warps
 
 
 @triton.jit(do_not_specialize=["start"])
@@ -76,6 +77,7 @@ def furthest_point_sample_triton(xyz: torch.Tensor, m: int, order: torch.Tensor,
     out = torch.empty(b, m, dtype=torch.long, device=xyz.device)
     block = max(16, triton.next_power_of_2(n))
     warps = min(16, max(4, block // 256))
-    _fps_kernel[(b,)](pts, out, n, m, start, skip_mag2, BLOCK=block, num_warps=warps,
-                      enable_fp_fusion=False)
+    with torch.cuda.device(xyz.device):   # Triton launches on the current device, not the tensors'
+        _fps_kernel[(b,)](pts, out, n, m, start, skip_mag2, BLOCK=block, num_warps=warps,
+                          enable_fp_fusion=False)
     return order[out]

@@ -145,3 +145,122 @@ def test_step_profile_times_fps_and_refuses_unknown_names(capsys):
     assert step_profile.main(["--backbone", "point_mae,nope"]) == 2
     assert "unknown backbone(s) ['nope']" in capsys.readouterr().err
     assert step_profile.main(["--method", "lora9"]) == 2
+
+
+def _valid():
+    return report([epoch_entry("point_mae", "full", 8.0, 4 << 30)])
+
+
+def _models_entry():
+    return {"name": "point_mae / full (fp32)", "backbone": "point_mae", "method": "full", "precision": "fp32",
+            "batch": 32, "status": "ok", "value": 100.0, "unit": "samples/s", "notes": "",
+            "values": {"peak_train_memory_bytes": 1.0}}
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: r.update(epoch=5), lambda r: r.update(scaling=True), lambda r: r.update(wall_s="x"),
+    lambda r: r.update(created=5), lambda r: r.update(command=["a"]), lambda r: r.update(parts=5),
+    lambda r: r.update(parts=["models", "nope"]), lambda r: r.update(load_average=5),
+    lambda r: r.update(load_average=["x"]), lambda r: r.update(models=[{**_models_entry(), "batch": [32]}]),
+    lambda r: r.update(models=[{**_models_entry(), "values": None}]),
+    lambda r: r.update(models=[{**_models_entry(), "precision": None}]),
+    lambda r: r.update(models=[{**_models_entry(), "values": {"peak_train_memory_bytes": "x"}}]),
+    lambda r: r.update(ops=[{"name": "x", "case": None, "impl": "ours", "status": "ok", "value": 1.0,
+                             "unit": "s", "notes": ""}]),
+    lambda r: r["epoch"][0].pop("precision"),
+])
+def test_merge_of_a_malformed_report_is_one_error_line_not_a_traceback(tmp_path, change):
+    from harness.cli import UserError
+
+    bad = _valid()
+    bad["epoch"][0]["name"] = "another case"
+    change(bad)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(report([epoch_entry("point_mae", "point_peft", 6.0, 1 << 30)])))
+    b.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="^--merge: ") as err:
+        run_cli(["bench", "--merge", str(a), str(b), "--out", str(tmp_path / "out"), "--no-readme"])
+    assert "\n" not in str(err.value)
+
+
+def test_merge_refuses_to_overwrite_its_inputs_and_options_that_measure(tmp_path):
+    from harness.cli import UserError
+
+    epoch = tmp_path / "cuda-2026-11-30-epoch.json"
+    epoch.write_text(json.dumps(_valid()))
+    ops = tmp_path / "cuda-2026-11-30.json"
+    ops.write_text(json.dumps(report([], parts=["ops"], ops=[{"name": "FPS", "case": "fps_2048_to_128",
+                                      "impl": "ours", "status": "ok", "value": 1.0, "unit": "s", "notes": ""}])))
+    with pytest.raises(UserError, match="would overwrite its input .*cuda-2026-11-30-epoch.json"):
+        run_cli(["bench", "--merge", str(ops), str(epoch), "--out", str(tmp_path), "--no-readme"])
+    assert json.loads(epoch.read_text()) == _valid()   # untouched
+    assert run_cli(["bench", "--merge", str(ops), str(epoch), "--out", str(tmp_path / "m"), "--no-readme"]) == 0
+    with pytest.raises(UserError, match="--device, --precision would be ignored; drop them"):
+        run_cli(["bench", "--merge", str(ops), "--device", "cuda", "--precision", "bf16"])
+
+
+def test_a_rerun_keeps_the_stopped_runs_partial_report_beside_its_own(monkeypatch, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = out / "cpu-2026-11-30-epoch.partial.json"
+    earlier.write_text("{}")
+    monkeypatch.setattr("harness.bench.report.output_paths",
+                        lambda d, r: (d / "cpu-2026-11-30-epoch.json", d / "cpu-2026-11-30-epoch.md"))
+
+    def one_case(*args, entries=None, **kwargs):
+        entries.append(epoch_entry("point_mae", "full", 1.0, 1, precision="fp32", samples=32))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(epoch_cases, "run_epochs", one_case)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(["bench", "--device", "cpu", "--epoch", "--out", str(out), "--no-readme"])
+    moved = [p for p in out.iterdir() if p.name.startswith("cpu-2026-11-30-epoch.partial-")]
+    assert len(moved) == 1 and moved[0].read_text() == "{}"
+    assert json.loads(earlier.read_text())["partial"] is True
+
+
+def test_partial_reports_score_only_the_parts_begun_and_cover_models_and_scaling(monkeypatch):
+    from harness.bench import scaling, tooling_cases
+
+    def fake_models(*args, entries=None, **kwargs):
+        entries.append(_models_entry())
+        entries.append({**_models_entry(), "name": "point_mae / point_peft (fp32)", "method": "point_peft"})
+        return entries
+
+    def fake_scaling(*args, entries=None, **kwargs):
+        entries.append({**_models_entry(), "name": "s1", "axis": "batch"})
+        return entries
+    monkeypatch.setattr(model_cases, "run_models", fake_models)
+    monkeypatch.setattr(scaling, "run_scaling", fake_scaling)
+    monkeypatch.setattr(tooling_cases, "run_tooling", lambda quick, log: [])
+    snaps = []
+    run_bench("cpu", quick=True, only=["models", "tooling", "scaling"], log=lambda m: None,
+              save_partial=lambda s: snaps.append(json.loads(json.dumps(s))))
+    assert [s["parts"] for s in snaps] == [["models"], ["models"], ["models", "tooling"],
+                                           ["models", "tooling", "scaling"]]
+    assert snaps[1]["model_batch"] == 32 and len(snaps[3]["scaling"]) == 1
+    tables = [t for t in snaps[0]["targets"] if t["name"].startswith("tables")]   # tooling not begun yet
+    assert tables and all(t["status"] == "not-measured" and t["notes"] == "tooling part not run" for t in tables)
+
+
+def test_git_commit_names_the_uncommitted_diff_except_the_benchs_own_outputs(monkeypatch, tmp_path):
+    import subprocess
+
+    from harness.bench import common
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "README.md").write_text("readme\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    clean = common.git_commit()
+    assert clean and "+" not in clean
+    (tmp_path / "README.md").write_text("bench block\n")     # the bench's own output: still clean
+    assert common.git_commit() == clean
+    (tmp_path / "code.py").write_text("a = 2\n")
+    first = common.git_commit()
+    (tmp_path / "code.py").write_text("a = 3\n")
+    second = common.git_commit()
+    assert first.startswith(clean + "+dirty.") and second.startswith(clean + "+dirty.") and first != second

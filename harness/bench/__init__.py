@@ -68,41 +68,56 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
         "command": command, "model_batch": None,
         "ops": [], "models": [], "tooling": [], "epoch": [], "scaling": [], "targets": [],
     }
+    begun: list[str] = []   # the parts started so far: a partial report scores only these
+
     def checkpoint() -> None:
         if save_partial is not None:
-            snapshot = {**report, "partial": True, "wall_s": time.perf_counter() - started}
+            snapshot = {**report, "partial": True, "wall_s": time.perf_counter() - started, "parts": list(begun)}
             snapshot.update({part: list(entries) for part, entries in report.items() if part in PARTS})
+            snapshot["model_batch"] = _model_batch(snapshot["models"])
             snapshot["targets"] = build_targets(snapshot)
             save_partial(snapshot)
 
     if "ops" in only:
+        begun.append("ops")
         report["ops"] = ops_cases.run_ops(device, quick, log=log)
         checkpoint()
     if "models" in only:
+        begun.append("models")
         report["models"] = _Progress(checkpoint)   # filled case by case
         model_cases.run_models(device, quick, log=log, backbones=backbones, methods=methods,
                                threads=torch.get_num_threads(), precisions=precisions, entries=report["models"])
         report["models"] = list(report["models"])
-        batches = sorted({e["batch"] for e in report["models"] if "batch" in e})
-        report["model_batch"] = batches[0] if len(batches) == 1 else (batches or None)
+        report["model_batch"] = _model_batch(report["models"])
     if "tooling" in only:
+        begun.append("tooling")
         report["tooling"] = tooling_cases.run_tooling(quick, log=log)
         checkpoint()
     if "epoch" in only:
+        begun.append("epoch")
         report["epoch"] = _Progress(checkpoint)
         epoch_cases.run_epochs(device, epoch_samples or epoch_cases.PB_T50_RS_TRAIN, log=log, backbones=backbones,
                                threads=torch.get_num_threads(), precisions=precisions, compiles=compiles,
                                entries=report["epoch"])
         report["epoch"] = list(report["epoch"])
     if "scaling" in only:
-        report["scaling"] = scaling.run_scaling(device, quick, log=log, backbones=backbones,
-                                                threads=torch.get_num_threads())
+        begun.append("scaling")
+        report["scaling"] = _Progress(checkpoint)
+        scaling.run_scaling(device, quick, log=log, backbones=backbones, threads=torch.get_num_threads(),
+                            entries=report["scaling"])
+        report["scaling"] = list(report["scaling"])
     report["targets"] = build_targets(report)
     report["wall_s"] = time.perf_counter() - started
     problems = validate_report(report)
     if problems:  # a bug in the bench itself, not in what it measured
         raise AssertionError("bench report does not match its schema: " + "; ".join(problems))
     return report
+
+
+def _model_batch(models: list[dict]):
+    """The models part's batch: one int, a sorted list when cases differ, None without cases."""
+    batches = sorted({e["batch"] for e in models if "batch" in e})
+    return batches[0] if len(batches) == 1 else (batches or None)
 
 
 class _Progress(list):

@@ -150,19 +150,28 @@ def check_device(device: str) -> None:
 
 
 def git_commit() -> str | None:
-    """The checkout's short commit, with "+dirty" when tracked files differ from it; None
-    outside git."""
+    """The checkout's short commit; when tracked files differ from it, "+dirty." and the first 8
+    hex digits of the SHA-1 of ``git diff HEAD`` (README.md and results/ left out: the bench
+    writes them), so runs of different uncommitted code do not look alike; "+dirty" alone when
+    the diff cannot be read. None outside git."""
+    import hashlib
     import subprocess
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10)
-        if out.returncode != 0 or not out.stdout.strip():
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    commit = out.stdout.strip() if out.returncode == 0 else ""
+    if not commit:
+        return None
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD", "--binary", "--", ".", ":(exclude)README.md",
+                               ":(exclude)results"], cwd=ROOT, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return commit + "+dirty"
+    if diff.returncode != 0:
+        return commit + "+dirty"
+    return commit + (f"+dirty.{hashlib.sha1(diff.stdout).hexdigest()[:8]}" if diff.stdout else "")
 
 
 def short_error(err: BaseException, limit: int = 300) -> str:

@@ -49,7 +49,7 @@ def _fps_impls(device: str, quick: bool) -> list[tuple[str, Callable[[torch.Tens
                 if ops.kernels_used("cpu")["fps"] == "numba" else
                 f" (on the CPU, numba not installed: the block-pruned path for N >= {ops.FPS_BLOCKS_MIN_POINTS}, "
                 "the dense loop below)")
-    elif fast and ops.kernels_used(device)["fps"] == "triton":
+    elif fast and device == "cuda" and ops._triton() is not None:   # pointnet2_ops or not
         from models.ops_triton import MAX_POINTS
         path = f" (on CUDA: the Triton kernel, models.ops_triton, for float32 clouds of <= {MAX_POINTS:,} points)"
     else:

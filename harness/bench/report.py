@@ -179,6 +179,8 @@ def merge_reports(reports: list[dict], sources: list[str]) -> dict:
     """
     if not reports:
         raise ValueError("nothing to merge")
+    if len(sources) != len(reports):
+        raise ValueError(f"{len(reports)} reports but {len(sources)} source names")
     for rep, src in zip(reports, sources):
         problems = validate_report(rep)
         if problems:
@@ -220,6 +222,19 @@ def merge_reports(reports: list[dict], sources: list[str]) -> dict:
 
 # ------------------------------------------------------------------ validation
 
+# Keys a report may have (older reports lack some), and the types they must have if present.
+OPTIONAL_KEYS = (("epoch", list, "a list"), ("scaling", list, "a list"), ("parts", list, "a list"),
+                 ("wall_s", (int, float), "a number"), ("created", (str, type(None)), "a string or null"),
+                 ("command", (str, type(None)), "a string or null"),
+                 ("git_commit", (str, type(None)), "a string or null"),
+                 ("load_average", (list, type(None)), "a list or null"),
+                 ("model_batch", (int, list, type(None)), "an integer, a list or null"),
+                 ("merged_from", list, "a list"))
+# Measured values the targets and tables compute with: numbers (or null) where present.
+NUMERIC_VALUES = ("peak_train_memory_bytes", "peak_train_tensor_bytes", "peak_memory_bytes", "samples",
+                  "train_step_s", "eval_step_s", "again_s", "records", "epoch_s")
+CASE_PARTS = ("models", "epoch", "scaling")   # entries that name a backbone / method / precision
+
 TOP_KEYS = {"schema": int, "device": str, "device_name": str, "date": str, "torch": str, "python": str,
             "threads": int, "quick": bool, "ops": list, "models": list, "tooling": list, "targets": list}
 
@@ -236,8 +251,20 @@ def validate_report(report) -> list[str]:
             problems.append(f"{key!r} must be {kind.__name__}, got {type(report[key]).__name__}")
     if report.get("schema") != SCHEMA_VERSION:
         problems.append(f"schema must be {SCHEMA_VERSION}")
+    for key, kinds, what in OPTIONAL_KEYS:
+        if key in report and not (isinstance(report[key], kinds) and not isinstance(report[key], bool)):
+            problems.append(f"{key!r} must be {what}, got {type(report[key]).__name__}")
+    parts = report.get("parts")
+    if isinstance(parts, list) and not all(p in PARTS for p in parts):
+        problems.append(f"'parts' must name parts of {', '.join(PARTS)}")
+    load = report.get("load_average")
+    if isinstance(load, list) and not all(isinstance(x, (int, float)) for x in load):
+        problems.append("'load_average' must hold numbers")
     for part in PARTS:
-        for i, e in enumerate(report.get(part) or []):
+        entries = report.get(part) or []
+        if not isinstance(entries, list):
+            continue   # reported above (TOP_KEYS / OPTIONAL_KEYS)
+        for i, e in enumerate(entries):
             where = f"{part}[{i}]"
             if not isinstance(e, dict):
                 problems.append(f"{where} must be an object")
@@ -251,6 +278,22 @@ def validate_report(report) -> list[str]:
                 problems.append(f"{where}.status {e.get('status')!r} not in {ENTRY_STATUSES}")
             if e.get("status") == "ok" and not isinstance(e.get("value"), (int, float)):
                 problems.append(f"{where}: an ok entry needs a numeric value")
+            values = e.get("values", {})
+            if not isinstance(values, dict):
+                problems.append(f"{where}.values must be an object")
+            elif not all(v is None or isinstance(v, (int, float, str, list, dict)) for v in values.values()):
+                problems.append(f"{where}.values must hold numbers, strings, lists or objects")
+            elif any(k in values and values[k] is not None and not isinstance(values[k], (int, float))
+                     for k in NUMERIC_VALUES):
+                problems.append(f"{where}.values: {', '.join(NUMERIC_VALUES)} must be numbers")
+            if part in CASE_PARTS and e.get("status") == "ok":
+                for key in ("backbone", "method", "precision"):
+                    if key in e and not isinstance(e[key], str):
+                        problems.append(f"{where}.{key} must be a string")
+                if "batch" in e and (not isinstance(e["batch"], int) or isinstance(e["batch"], bool)):
+                    problems.append(f"{where}.batch must be an integer")
+            if part == "ops" and "case" in e and not isinstance(e["case"], str):
+                problems.append(f"{where}.case must be a string")
     for i, t in enumerate(report.get("targets") or []):
         where = f"targets[{i}]"
         if not isinstance(t, dict):
@@ -305,8 +348,9 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
         lines.append("Partial: the run" + ("s" if report.get("merged_from") else "") + " stopped before every case "
                      "was measured; these are the cases finished, scored as they stand.")
     if report.get("merged_from"):
-        lines.append(f"Merged by `python run_all.py bench --merge` from {len(report['merged_from'])} runs of this "
-                     f"code on this machine: {', '.join(Path(s).name for s in report['merged_from'])}.")
+        count = len(report["merged_from"])
+        lines.append(f"Merged by `python run_all.py bench --merge` from {count} run{'s' if count != 1 else ''} of "
+                     f"this code on this machine: {', '.join(Path(s).name for s in report['merged_from'])}.")
     if report["quick"]:
         lines.append("Quick mode: fewer repeats and a smaller model batch; a smoke test, not a measurement.")
     parts = [lines[0], "  \n".join(lines[2:])]

@@ -54,9 +54,11 @@ def scaling_specs(device: str, quick: bool, backbones=None, threads: int | None 
     return specs
 
 
-def run_scaling(device: str, quick: bool, log=print, backbones=None, threads: int | None = None) -> list[dict]:
-    """Measure every scaling spec (fresh process each); entries as in the models part plus ``axis``."""
-    entries = []
+def run_scaling(device: str, quick: bool, log=print, backbones=None, threads: int | None = None,
+                entries: list | None = None) -> list[dict]:
+    """Measure every scaling spec (fresh process each); entries as in the models part plus
+    ``axis``, each appended to ``entries`` (a new list by default) as its case finishes."""
+    entries = [] if entries is None else entries
     for spec in scaling_specs(device, quick, backbones, threads):
         entry = model_cases.run_specs([spec], log=lambda msg: None, timeout_s=1800)[0]
         entry["axis"] = spec["axis"]

@@ -2,9 +2,9 @@
 
 Not part of the scored bench. Prints, for one device:
 
-* FPS timings of ``models.ops.furthest_point_sample`` (the path the device takes: the Triton
-  kernel on CUDA, numba on the CPU, when installed) beside the dense PyTorch loop, batch B,
-  and whether both give the same indices;
+* FPS timings of ``models.ops.furthest_point_sample`` (the path the device takes: on CUDA
+  pointnet2_ops, else the Triton kernel; on the CPU numba; each when installed) beside the
+  dense PyTorch loop, batch B, and whether both give the same indices;
 * per backbone x method: milliseconds per training step (bf16 autocast on CUDA, fp32 on the
   CPU; random clouds, AdamW), with the data pipeline's FPS to ``point_all`` + random subset +
   scale-and-translate, and without it (the first ``npoints`` points); peak allocated GiB on CUDA;

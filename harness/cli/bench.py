@@ -5,6 +5,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from harness.bench.common import DEFAULT_PARTS, PARTS, BenchSetupError
@@ -49,6 +50,7 @@ examples:
   python run_all.py bench --scaling --quick          # cost curves, CI-sized
   python run_all.py bench --device cuda --epoch      # the GPU epoch targets
   python run_all.py bench --device cuda --epoch --precision bf16 --compile off --out /tmp/e
+  python run_all.py bench --device cuda --only ops,models --out /tmp/m
   python run_all.py bench --merge /tmp/m/cuda-*.json /tmp/e/cuda-*-epoch.json --readme"""
 
 
@@ -155,10 +157,18 @@ def run(args) -> int:
 
     def save_partial(snapshot: dict) -> None:
         path = partial_path(args.out, snapshot)
-        if not partial:
-            log(f"partial results go to {path} as cases finish (removed when the run completes)")
-            partial.append(path)
-        write_bytes_atomic(path, to_json(snapshot))
+        try:
+            if not partial:
+                if path.exists():   # a stopped run's cases: keep them beside this run's
+                    kept = path.with_name(f"{path.name.removesuffix('.json')}-"
+                                          f"{time.strftime('%Y%m%dT%H%M%S', time.localtime(path.stat().st_mtime))}.json")
+                    path.replace(kept)
+                    log(f"note: moved the earlier stopped run's partial report to {kept}")
+                log(f"partial results go to {path} as cases finish (removed when the run completes)")
+                partial.append(path)
+            write_bytes_atomic(path, to_json(snapshot))
+        except OSError as err:   # the measurement matters more than its backup copy
+            log(f"warning: could not save the partial report {path} ({err}); the run goes on")
 
     try:
         report = run_bench(device, args.quick, only, log=log, backbones=args.backbone,
@@ -174,13 +184,22 @@ def run(args) -> int:
     return rc
 
 
+# Options that choose what to measure: meaningless with --merge, which measures nothing.
+MEASURE_OPTIONS = ("device", "quick", "only", "epoch", "epoch_samples", "scaling", "backbone", "method",
+                   "precision", "compile", "threads")
+
+
 def _merge(args) -> int:
     """``bench --merge A.json B.json ...``: one report from separate runs, written like a run's."""
     import json
 
-    from harness.bench.report import merge_reports
+    from harness.bench.report import merge_reports, output_paths
     from harness.cli import UserError
 
+    given = [f"--{name.replace('_', '-')}" for name in MEASURE_OPTIONS if getattr(args, name) not in (None, False)]
+    if given:
+        raise UserError(f"--merge measures nothing, so {', '.join(given)} would be ignored; drop "
+                        f"{'it' if len(given) == 1 else 'them'}")
     reports = []
     for path in args.merge:
         try:
@@ -192,18 +211,26 @@ def _merge(args) -> int:
                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
     try:
         report = merge_reports(reports, [str(p) for p in args.merge])
+        inputs = {Path(p).resolve() for p in args.merge}
+        clash = [str(p) for p in output_paths(Path(args.out), report) if p.resolve() in inputs]
+        if clash:
+            raise ValueError(f"the merged report would overwrite its input {clash[0]}; choose another --out")
+        return _write(report, args.out, None if args.no_readme else args.readme, merged=True)
     except ValueError as err:
         raise UserError(f"--merge: {err}") from None
-    if report.get("partial"):
-        print("note: merged from partial reports: the cases their runs did not reach are missing",
-              file=sys.stderr)
-    return _write(report, args.out, None if args.no_readme else args.readme)
+    except (TypeError, KeyError, AttributeError) as err:   # a field of an unexpected type or missing
+        raise UserError(f"--merge: a report has an unexpected shape ({type(err).__name__}: {err}); "
+                        "expected reports written by `run_all.py bench`") from None
 
 
-def _write(report: dict, out: Path, readme) -> int:
+def _write(report: dict, out: Path, readme, merged: bool = False) -> int:
     from harness.bench import render_markdown, write_outputs
 
+    if merged and report.get("partial"):
+        print("note: merged from partial reports: the cases their runs did not reach are missing",
+              file=sys.stderr)
     done = write_outputs(report, out, readme)
+
     print(render_markdown(report))
     print(f"wrote {done['json']}")
     print(f"wrote {done['markdown']}")
