@@ -23,6 +23,8 @@ fall back to the PyTorch paths otherwise. The launch is made on the points' devi
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -77,7 +79,8 @@ def furthest_point_sample_triton(xyz: torch.Tensor, m: int, order: torch.Tensor,
     out = torch.empty(b, m, dtype=torch.long, device=xyz.device)
     block = max(16, triton.next_power_of_2(n))
     warps = min(16, max(4, block // 256))
-    with torch.cuda.device(xyz.device):   # Triton launches on the current device, not the tensors'
+    # Triton launches on the current device, not the tensors' (CPU tensors: Triton's interpreter)
+    with torch.cuda.device(xyz.device) if xyz.is_cuda else contextlib.nullcontext():
         _fps_kernel[(b,)](pts, out, n, m, start, skip_mag2, BLOCK=block, num_warps=warps,
                           enable_fp_fusion=False)
     return order[out]
