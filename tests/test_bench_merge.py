@@ -264,3 +264,14 @@ def test_git_commit_names_the_uncommitted_diff_except_the_benchs_own_outputs(mon
     (tmp_path / "code.py").write_text("a = 3\n")
     second = common.git_commit()
     assert first.startswith(clean + "+dirty.") and second.startswith(clean + "+dirty.") and first != second
+
+
+def test_the_epoch_memory_target_notes_the_increase_beside_the_absolute_peak():
+    full = epoch_entry("point_mae", "full", 8.0, 4 << 30)
+    peft = epoch_entry("point_mae", "point_peft", 6.0, 3 << 30)
+    full["values"]["peak_increase_bytes"], peft["values"]["peak_increase_bytes"] = 2 << 30, 1 << 29
+    memory = target(report([full, peft]), "epoch_peft_memory[point_mae]")
+    assert memory["value"] == pytest.approx(0.75) and memory["status"] == "fail"   # scored on the absolute peak
+    assert "0.50 vs 2.00 GiB (0.25x)" in memory["notes"]
+    md = bench_report.render_markdown(report([full, peft]))
+    assert "peak increase (CUDA)" in md and "512 MiB" in md

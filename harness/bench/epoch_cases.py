@@ -15,7 +15,8 @@ seconds; the loader and the steps do not depend on the clouds' content.
 
 Reported per case: seconds for the epoch (after warm-up steps on the first batches, which are
 not counted: compilation and allocator warm-up), samples/s, peak memory (CUDA
-``max_memory_allocated`` over the epoch, absolute; CPU peak RSS increase).
+``max_memory_allocated`` over the epoch, absolute, and its increase over what was allocated
+before the epoch; CPU peak RSS increase).
 """
 from __future__ import annotations
 
@@ -146,7 +147,9 @@ def measure_epoch(spec: dict) -> dict:
     for _ in range(spec["warmup"]):
         step(*first)
     sync(device)
+    base = None
     if device == "cuda":
+        base = torch.cuda.memory_allocated()   # weights, optimizer state, memory bank: held all epoch
         torch.cuda.reset_peak_memory_stats()
     rss = PeakRSS().start()
     start, cpu = time.perf_counter(), time.process_time()
@@ -156,20 +159,25 @@ def measure_epoch(spec: dict) -> dict:
         count += labels.shape[0]
     sync(device)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    increase = None
     if device == "cuda":
-        peak, method = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated over the epoch (absolute)"
+        peak = torch.cuda.max_memory_allocated()
+        increase = peak - base
+        method = ("torch.cuda.max_memory_allocated over the epoch (absolute; the increase over what was "
+                  "allocated before it beside it)")
     else:
         peak, method = rss.peak_increase(), f"peak RSS increase over the epoch ({rss.method})"
     return {"epoch_s": seconds, "epoch_cpu_s": cpu, "samples": count, "steps": len(loader),
-            "samples_per_s": count / seconds, "peak_memory_bytes": peak, "memory_method": method,
+            "samples_per_s": count / seconds, "peak_memory_bytes": peak, "peak_increase_bytes": increase,
+            "memory_method": method,
             "threads": torch.get_num_threads(), "notes": notes}
 
 
 # ------------------------------------------------------------------ parent
 
 def _entry(spec: dict, status: str, notes: str, result: dict | None = None) -> dict:
-    values = {k: result[k] for k in ("epoch_s", "epoch_cpu_s", "samples", "steps", "samples_per_s",
-                                     "peak_memory_bytes")} if result else {}
+    values = {k: result.get(k) for k in ("epoch_s", "epoch_cpu_s", "samples", "steps", "samples_per_s",
+                                         "peak_memory_bytes", "peak_increase_bytes")} if result else {}
     entry = {"name": case_name(spec), "backbone": spec["backbone"], "method": spec["method"],
              "precision": spec["precision"], "compile": spec["compile"], "batch": spec["batch"],
              "npoints": spec["npoints"], "samples": spec["samples"], "status": status,
@@ -248,8 +256,11 @@ def epoch_targets(report: dict) -> list[tuple[str, str, float | None, str]]:
         out.append((backbone, "peft_seconds", None if small else peft["value"],
                     small or f"bf16, {compile_note(peft)}, on {report['device_name']}"))
         a, b = peft["values"]["peak_memory_bytes"], full["values"]["peak_memory_bytes"]
+        ia, ib = peft["values"].get("peak_increase_bytes"), full["values"].get("peak_increase_bytes")
+        increase = (f"; increase over what the epoch started with: {ia / 2**30:.2f} vs {ib / 2**30:.2f} GiB "
+                    f"({ia / ib:.2f}x)" if ia is not None and ib else "")
         out.append((backbone, "peft_memory", None if small or not b else a / b,
-                    small or f"{a / 2**30:.2f} GiB vs {b / 2**30:.2f} GiB peak, bf16"))
+                    small or f"{a / 2**30:.2f} GiB vs {b / 2**30:.2f} GiB peak (absolute), bf16{increase}"))
     return out
 
 

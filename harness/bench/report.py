@@ -231,7 +231,8 @@ OPTIONAL_KEYS = (("epoch", list, "a list"), ("scaling", list, "a list"), ("parts
                  ("model_batch", (int, list, type(None)), "an integer, a list or null"),
                  ("merged_from", list, "a list"))
 # Measured values the targets and tables compute with: numbers (or null) where present.
-NUMERIC_VALUES = ("peak_train_memory_bytes", "peak_train_tensor_bytes", "peak_memory_bytes", "samples",
+NUMERIC_VALUES = ("peak_train_memory_bytes", "peak_train_tensor_bytes", "peak_memory_bytes", "peak_increase_bytes",
+                  "samples",
                   "train_step_s", "eval_step_s", "again_s", "records", "epoch_s")
 CASE_PARTS = ("models", "epoch", "scaling")   # entries that name a backbone / method / precision
 
@@ -431,6 +432,7 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
         rows = [[e["backbone"], e["method"], e["precision"], "on" if e["compile"] else "off",
                  _num(e["values"].get("samples"), "d"), _num(e["value"], ".2f"), _num(e["values"].get("epoch_cpu_s"), ".1f"),
                  _num(e["values"].get("samples_per_s"), ".1f"), _mib(e["values"].get("peak_memory_bytes")),
+                 _mib(e["values"].get("peak_increase_bytes")),
                  e["notes"] if e["status"] == "ok" else f"{e['status']}: {e['notes']}"] for e in report["epoch"]]
         mem = next((e.get("memory_method") for e in report["epoch"] if e.get("memory_method")), "")
         parts += [f"{h}# Epoch",
@@ -438,7 +440,7 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                   "batch 32, FPS + random subset, scale-and-translate, forward, backward, AdamW; warm-up steps "
                   "not counted. Memory: " + mem + ".",
                   tabulate(rows, headers=["backbone", "method", "precision", "compile", "samples", "s / epoch",
-                                          "CPU s", "samples/s", "peak memory", "notes"],
+                                          "CPU s", "samples/s", "peak memory", "peak increase (CUDA)", "notes"],
                            tablefmt="github", disable_numparse=True)]
 
     if report.get("scaling"):
