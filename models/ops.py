@@ -14,6 +14,7 @@ iterates over its sample count, as the kernel does).
 """
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from functools import lru_cache
@@ -46,21 +47,34 @@ _JIT_STATE: list = []   # [models.ops_jit, or None when numba is absent or broke
 _TRITON_STATE: list = []  # [models.ops_triton, or None when Triton is absent or broken], likewise
 
 
+def _load_optional(state: list, module: str, name: str, deps: tuple[str, ...]):
+    """``models.<module>`` when its dependency ``name`` is installed and the module imports, else
+    None. Imported on first use and kept in ``state``; missing ``deps`` mean "not installed"
+    (silent), any other failure a broken install (``_fallback``: warned once)."""
+    if not state:
+        try:
+            loaded = importlib.import_module(f"models.{module}")
+        except ModuleNotFoundError as err:   # not installed: the PyTorch paths run
+            if err.name not in deps:
+                _fallback(name, err, "to import")
+            loaded = None
+        except Exception as err:  # noqa: BLE001 - installed but broken: fall back, warn once
+            _fallback(name, err, "to import")
+            loaded = None
+        state.append(loaded)
+    return None if name in _BROKEN else state[0]
+
+
 def _jit():
     """``models.ops_jit`` when numba is installed and the module imports, else None (imported on
     first use: numba's import takes a fraction of a second that only FPS on the CPU needs)."""
-    if not _JIT_STATE:
-        try:
-            from models import ops_jit
-        except ModuleNotFoundError as err:   # numba not installed: the PyTorch paths run
-            if err.name not in ("numba", "llvmlite"):
-                _fallback("numba", err, "to import")
-            ops_jit = None
-        except Exception as err:  # noqa: BLE001 - installed but broken: fall back, warn once
-            _fallback("numba", err, "to import")
-            ops_jit = None
-        _JIT_STATE.append(ops_jit)
-    return None if "numba" in _BROKEN else _JIT_STATE[0]
+    return _load_optional(_JIT_STATE, "ops_jit", "numba", ("numba", "llvmlite"))
+
+
+def _triton():
+    """``models.ops_triton`` when Triton is installed (CUDA builds of torch) and the module
+    imports, else None."""
+    return _load_optional(_TRITON_STATE, "ops_triton", "triton", ("triton",))
 
 
 def kernels_used(device: torch.device | str | None = None) -> dict[str, str]:
@@ -191,22 +205,6 @@ def _check_fps_args(xyz: torch.Tensor, m: int) -> None:
         raise ValueError(f"furthest_point_sample needs m >= 1, got {m}")
     if xyz.shape[1] == 0:
         raise ValueError("furthest_point_sample got a cloud with 0 points")
-
-
-def _triton():
-    """``models.ops_triton`` when Triton is installed and the module imports, else None."""
-    if not _TRITON_STATE:
-        try:
-            from models import ops_triton
-        except ModuleNotFoundError as err:   # Triton not installed (CPU builds of torch): PyTorch paths
-            if err.name != "triton":
-                _fallback("triton", err, "to import")
-            ops_triton = None
-        except Exception as err:  # noqa: BLE001 - installed but broken: fall back, warn once
-            _fallback("triton", err, "to import")
-            ops_triton = None
-        _TRITON_STATE.append(ops_triton)
-    return None if "triton" in _BROKEN else _TRITON_STATE[0]
 
 
 # The block-pruned path (``furthest_point_sample_blocks``): points per block, and the cloud size

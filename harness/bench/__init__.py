@@ -78,34 +78,31 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
             snapshot["targets"] = build_targets(snapshot)
             save_partial(snapshot)
 
+    def by_case(part: str, run, *args, **kwargs) -> None:
+        """Run a part whose entries are saved (``checkpoint``) as each of its cases finishes."""
+        begun.append(part)
+        report[part] = _Progress(checkpoint)
+        run(*args, entries=report[part], **kwargs)
+        report[part] = list(report[part])
+
+    torch_threads = torch.get_num_threads()   # as set above
     if "ops" in only:
         begun.append("ops")
         report["ops"] = ops_cases.run_ops(device, quick, log=log)
         checkpoint()
     if "models" in only:
-        begun.append("models")
-        report["models"] = _Progress(checkpoint)   # filled case by case
-        model_cases.run_models(device, quick, log=log, backbones=backbones, methods=methods,
-                               threads=torch.get_num_threads(), precisions=precisions, entries=report["models"])
-        report["models"] = list(report["models"])
+        by_case("models", model_cases.run_models, device, quick, log=log, backbones=backbones, methods=methods,
+                threads=torch_threads, precisions=precisions)
         report["model_batch"] = _model_batch(report["models"])
     if "tooling" in only:
         begun.append("tooling")
         report["tooling"] = tooling_cases.run_tooling(quick, log=log)
         checkpoint()
     if "epoch" in only:
-        begun.append("epoch")
-        report["epoch"] = _Progress(checkpoint)
-        epoch_cases.run_epochs(device, epoch_samples or epoch_cases.PB_T50_RS_TRAIN, log=log, backbones=backbones,
-                               threads=torch.get_num_threads(), precisions=precisions, compiles=compiles,
-                               entries=report["epoch"])
-        report["epoch"] = list(report["epoch"])
+        by_case("epoch", epoch_cases.run_epochs, device, epoch_samples or epoch_cases.PB_T50_RS_TRAIN, log=log,
+                backbones=backbones, threads=torch_threads, precisions=precisions, compiles=compiles)
     if "scaling" in only:
-        begun.append("scaling")
-        report["scaling"] = _Progress(checkpoint)
-        scaling.run_scaling(device, quick, log=log, backbones=backbones, threads=torch.get_num_threads(),
-                            entries=report["scaling"])
-        report["scaling"] = list(report["scaling"])
+        by_case("scaling", scaling.run_scaling, device, quick, log=log, backbones=backbones, threads=torch_threads)
     report["targets"] = build_targets(report)
     report["wall_s"] = time.perf_counter() - started
     problems = validate_report(report)
