@@ -227,5 +227,8 @@ def test_group_max_keeps_a_uint8_argmax_and_the_same_gradient():
     va.backward(grad)
     vb.backward(grad)
     assert torch.equal(a.grad, b.grad)
-    with torch.no_grad():  # no autograd: plain max
+    with torch.no_grad():  # no autograd: values only (amax), the same values, NaN included
         assert torch.equal(max_over_members(y), y.max(dim=1).values)
+        y[2, 5, 4] = float("nan")
+        torch.testing.assert_close(max_over_members(y), y.max(dim=1).values, rtol=0, atol=0, equal_nan=True)
+        assert torch.isnan(max_over_members(y)[2, 4])

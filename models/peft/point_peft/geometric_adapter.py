@@ -177,10 +177,14 @@ class _MaxOverMembers(torch.autograd.Function):
 
 
 def max_over_members(y: torch.Tensor) -> torch.Tensor:
-    """Max over the group members (dim 1) of y (groups, k, C) -> (groups, C)."""
-    if y.requires_grad and torch.is_grad_enabled() and y.shape[1] <= 256:
-        return _MaxOverMembers.apply(y)
-    return y.max(dim=1).values
+    """Max over the group members (dim 1) of y (groups, k, C) -> (groups, C).
+
+    Without a gradient to route, ``amax`` (values only): on the CPU about 20x faster than
+    ``max(dim=1)``, which also finds the argmax (0.14 vs 2.7 ms for (170, 16, 384), 2 threads).
+    """
+    if y.requires_grad and torch.is_grad_enabled():
+        return _MaxOverMembers.apply(y) if y.shape[1] <= 256 else y.max(dim=1).values
+    return y.amax(dim=1)
 
 
 def geometric_branch(u: torch.Tensor, geo: Geometry, attn1: LocalAttention, norm3: nn.LayerNorm,
@@ -213,8 +217,8 @@ def geometric_branch(u: torch.Tensor, geo: Geometry, attn1: LocalAttention, norm
     pooled = []
     for start in range(0, groups, chunk):
         stop = min(start + chunk, groups)
-        n = flat_u.index_select(0, idx[start:stop].reshape(-1))
-        y = torch.addmm(n, local[start:stop].reshape(-1, local.shape[-1]), weight_t).view(stop - start, k, c)
+        n = flat_u.index_select(0, idx[start:stop].reshape(-1))   # in place below: no copy of n
+        y = n.addmm_(local[start:stop].reshape(-1, local.shape[-1]), weight_t).view(stop - start, k, c)
         v = max_over_members(y)
         pooled.append(v + y.mean(dim=1) if pool == "max_mean" else v)
     v = torch.cat(pooled) if len(pooled) > 1 else pooled[0]
