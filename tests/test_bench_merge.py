@@ -61,6 +61,9 @@ def test_merge_refuses_different_setups_repeated_cases_and_non_reports():
         bench_report.merge_reports([a, other_gpu], ["a.json", "b.json"])
     with pytest.raises(ValueError, match=r"b.json: git_commit"):
         bench_report.merge_reports([a, report([], git_commit="abc1234+dirty")], ["a.json", "b.json"])
+    tuned = report([], allocator_env={"THP_MEM_ALLOC_ENABLE": "1"})   # a run with other malloc settings
+    with pytest.raises(ValueError, match=r"b.json: allocator_env is \{'THP_MEM_ALLOC_ENABLE': '1'\} but a.json"):
+        bench_report.merge_reports([a, tuned], ["a.json", "b.json"])
     with pytest.raises(ValueError, match=r"b.json: epoch case 'point_mae / full \(bf16, compile off\)' is also in a.json"):
         bench_report.merge_reports([a, report([epoch_entry("point_mae", "full", 9.0, 4 << 30)])], ["a.json", "b.json"])
     with pytest.raises(ValueError, match=r"b.json: not a bench report \(missing top-level key 'device'\)"):
@@ -168,6 +171,7 @@ def _models_entry():
     lambda r: r.update(ops=[{"name": "x", "case": None, "impl": "ours", "status": "ok", "value": 1.0,
                              "unit": "s", "notes": ""}]),
     lambda r: r["epoch"][0].pop("precision"),
+    lambda r: r.update(allocator_env=["MALLOC_ARENA_MAX=1"]), lambda r: r.update(allocator_env={"LD_PRELOAD": 1}),
 ])
 def test_merge_of_a_malformed_report_is_one_error_line_not_a_traceback(tmp_path, change):
     from harness.cli import UserError
@@ -275,3 +279,19 @@ def test_the_epoch_memory_target_notes_the_increase_beside_the_absolute_peak():
     assert "0.50 vs 2.00 GiB (0.25x)" in memory["notes"]
     md = bench_report.render_markdown(report([full, peft]))
     assert "peak increase (CUDA)" in md and "512 MiB" in md
+
+
+def test_the_allocator_environment_is_recorded_and_named_in_the_header():
+    from harness.bench.common import allocator_env
+
+    env = {"MALLOC_MMAP_THRESHOLD_": "4194304", "THP_MEM_ALLOC_ENABLE": "1", "PATH": "/bin", "MALLOCX": "no",
+           "LD_PRELOAD": "/usr/lib/libtcmalloc.so", "OMP_NUM_THREADS": "2"}
+    assert allocator_env(env) == {"LD_PRELOAD": "/usr/lib/libtcmalloc.so", "MALLOC_MMAP_THRESHOLD_": "4194304",
+                                  "THP_MEM_ALLOC_ENABLE": "1"}
+    assert allocator_env({"PATH": "/bin"}) == {}
+    tuned = report([], allocator_env=allocator_env(env))
+    assert bench_report.validate_report(tuned) == []
+    header = bench_report.render_markdown(tuned).splitlines()[2].rstrip()
+    assert header.endswith("; allocator environment `LD_PRELOAD=/usr/lib/libtcmalloc.so`, "
+                           "`MALLOC_MMAP_THRESHOLD_=4194304`, `THP_MEM_ALLOC_ENABLE=1`.")
+    assert "allocator" not in bench_report.render_markdown(report([], allocator_env={})).splitlines()[2]

@@ -29,8 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.bench.common import (DEFAULT_PARTS, PARTS, SCHEMA_VERSION, BenchSetupError, check_device,
-                                  device_name, git_commit)
+from harness.bench.common import (DEFAULT_PARTS, PARTS, SCHEMA_VERSION, BenchSetupError, allocator_env,
+                                  check_device, device_name, git_commit)
 from harness.bench.report import (MarkersMissing, build_targets, inject_block, output_paths, readme_markers,
                                   render_markdown, to_json, validate_report)
 
@@ -65,7 +65,7 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
         "quick": bool(quick), "parts": list(only), "git_commit": git_commit(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "command": command, "model_batch": None,
+        "allocator_env": allocator_env(), "command": command, "model_batch": None,
         "ops": [], "models": [], "tooling": [], "epoch": [], "scaling": [], "targets": [],
     }
     begun: list[str] = []   # the parts started so far: a partial report scores only these

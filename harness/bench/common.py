@@ -149,6 +149,19 @@ def check_device(device: str) -> None:
                               f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
 
 
+# Environment variables that change how the process allocates memory (so its peak RSS and, through
+# page faults, its speed): PyTorch's CPU allocator (transparent huge pages for blocks of 2 MiB or
+# more), glibc malloc's tunables, and a preloaded allocator (tcmalloc, jemalloc).
+ALLOCATOR_ENV = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+def allocator_env(environ=None) -> dict[str, str]:
+    """{name: value} of the allocator settings in the environment (``ALLOCATOR_ENV`` and every
+    ``MALLOC_*``); {} for the defaults. The bench's child processes inherit them."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in sorted(environ) if k in ALLOCATOR_ENV or k.startswith("MALLOC_")}
+
+
 def git_commit() -> str | None:
     """The checkout's short commit; when tracked files differ from it, "+dirty." and the first 8
     hex digits of the SHA-1 of ``git diff HEAD`` (README.md and results/ left out: the bench
