@@ -232,3 +232,27 @@ def test_group_max_keeps_a_uint8_argmax_and_the_same_gradient():
         y[2, 5, 4] = float("nan")
         torch.testing.assert_close(max_over_members(y), y.max(dim=1).values, rtol=0, atol=0, equal_nan=True)
         assert torch.isnan(max_over_members(y)[2, 4])
+
+
+def test_point_peft_runs_under_bf16_autocast_train_and_eval():
+    """The geometric branch's in-place addmm_ is skipped under autocast (autocast casts addmm's
+    inputs, not addmm_'s: mixing bf16 and float32 there raised a dtype error)."""
+    from models.classifier import build_model
+
+    torch.manual_seed(0)
+    model = build_model("point_mae", 15, method="point_peft", family="scan")
+    model.set_memory_bank(torch.nn.functional.normalize(torch.randn(int(model.query_dim), 64), dim=0))
+    pts = torch.rand(2, 2048, 3) * 2 - 1
+    model.eval()
+    with torch.no_grad():
+        reference = model(pts)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(pts)
+    assert logits.shape == (2, 15) and logits.dtype == torch.bfloat16
+    assert torch.allclose(logits.float(), reference, atol=0.15, rtol=0.05)   # bf16 rounding only
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(pts).float(), torch.tensor([0, 1]))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

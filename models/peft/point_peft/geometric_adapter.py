@@ -214,11 +214,14 @@ def geometric_branch(u: torch.Tensor, geo: Geometry, attn1: LocalAttention, norm
         local = local * scale.view(groups, 1, 1)
     weight_t = attn1.proj.weight.t()
     chunk = max(1, CHUNK_VALUES // (k * c))
+    autocasting = torch.is_autocast_enabled(u.device.type)
     pooled = []
     for start in range(0, groups, chunk):
         stop = min(start + chunk, groups)
-        n = flat_u.index_select(0, idx[start:stop].reshape(-1))   # in place below: no copy of n
-        y = n.addmm_(local[start:stop].reshape(-1, local.shape[-1]), weight_t).view(stop - start, k, c)
+        n = flat_u.index_select(0, idx[start:stop].reshape(-1))
+        a = local[start:stop].reshape(-1, local.shape[-1])
+        # in place (no copy of n) except under autocast, which casts the inputs of addmm, not addmm_
+        y = (torch.addmm(n, a, weight_t) if autocasting else n.addmm_(a, weight_t)).view(stop - start, k, c)
         v = max_over_members(y)
         pooled.append(v + y.mean(dim=1) if pool == "max_mean" else v)
     v = torch.cat(pooled) if len(pooled) > 1 else pooled[0]
