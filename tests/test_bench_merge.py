@@ -287,6 +287,8 @@ def test_the_allocator_environment_is_recorded_and_named_in_the_header():
            "LD_PRELOAD": "/usr/lib/libtcmalloc.so", "OMP_NUM_THREADS": "2"}
     assert allocator_env(env) == {"LD_PRELOAD": "/usr/lib/libtcmalloc.so", "MALLOC_MMAP_THRESHOLD_": "4194304",
                                   "THP_MEM_ALLOC_ENABLE": "1"}
+    assert allocator_env({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "CUDA_VISIBLE_DEVICES": "0"}) == {
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     assert allocator_env({"PATH": "/bin"}) == {}
     tuned = report([], allocator_env=allocator_env(env))
     assert bench_report.validate_report(tuned) == []

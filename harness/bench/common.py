@@ -149,10 +149,12 @@ def check_device(device: str) -> None:
                               f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
 
 
-# Environment variables that change how the process allocates memory (so its peak RSS and, through
-# page faults, its speed): PyTorch's CPU allocator (transparent huge pages for blocks of 2 MiB or
-# more), glibc malloc's tunables, and a preloaded allocator (tcmalloc, jemalloc).
-ALLOCATOR_ENV = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES", "LD_PRELOAD")
+# Environment variables that change how the process allocates memory (so its peak memory and, through
+# page faults or fragmentation, its speed): PyTorch's CPU allocator (transparent huge pages for
+# blocks of 2 MiB or more) and its CUDA caching allocator's options, glibc malloc's tunables, and a
+# preloaded allocator (tcmalloc, jemalloc).
+ALLOCATOR_ENV = ("THP_MEM_ALLOC_ENABLE", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "GLIBC_TUNABLES",
+                 "LD_PRELOAD")
 
 
 def allocator_env(environ=None) -> dict[str, str]:
