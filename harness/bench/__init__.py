@@ -31,8 +31,8 @@ from pathlib import Path
 
 from harness.bench.common import (DEFAULT_PARTS, PARTS, SCHEMA_VERSION, BenchSetupError, allocator_env,
                                   check_device, device_name, git_commit)
-from harness.bench.report import (MarkersMissing, build_targets, inject_block, output_paths, readme_markers,
-                                  render_markdown, to_json, validate_report)
+from harness.bench.report import (MarkersMissing, build_targets, inject_block, model_batch, output_paths,
+                                  readme_markers, render_markdown, to_json, validate_report)
 
 __all__ = ["run_bench", "write_outputs", "BenchSetupError", "PARTS", "validate_report", "render_markdown"]
 
@@ -74,7 +74,7 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
         if save_partial is not None:
             snapshot = {**report, "partial": True, "wall_s": time.perf_counter() - started, "parts": list(begun)}
             snapshot.update({part: list(entries) for part, entries in report.items() if part in PARTS})
-            snapshot["model_batch"] = _model_batch(snapshot["models"])
+            snapshot["model_batch"] = model_batch(snapshot["models"])
             snapshot["targets"] = build_targets(snapshot)
             save_partial(snapshot)
 
@@ -93,7 +93,7 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
     if "models" in only:
         by_case("models", model_cases.run_models, device, quick, log=log, backbones=backbones, methods=methods,
                 threads=torch_threads, precisions=precisions)
-        report["model_batch"] = _model_batch(report["models"])
+        report["model_batch"] = model_batch(report["models"])
     if "tooling" in only:
         begun.append("tooling")
         report["tooling"] = tooling_cases.run_tooling(quick, log=log)
@@ -109,12 +109,6 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
     if problems:  # a bug in the bench itself, not in what it measured
         raise AssertionError("bench report does not match its schema: " + "; ".join(problems))
     return report
-
-
-def _model_batch(models: list[dict]):
-    """The models part's batch: one int, a sorted list when cases differ, None without cases."""
-    batches = sorted({e["batch"] for e in models if "batch" in e})
-    return batches[0] if len(batches) == 1 else (batches or None)
 
 
 class _Progress(list):

@@ -168,6 +168,12 @@ def build_targets(report: dict) -> list[dict]:
 MERGE_SAME = ("schema", "device", "device_name", "torch", "python", "threads", "quick", "git_commit", "allocator_env")
 
 
+def model_batch(models: list[dict]):
+    """The models part's batch: one int, a sorted list when cases differ, None without cases."""
+    batches = sorted({e["batch"] for e in models if "batch" in e})
+    return batches[0] if len(batches) == 1 else (batches or None)
+
+
 def merge_reports(reports: list[dict], sources: list[str]) -> dict:
     """One report from several ``bench`` runs of the same code on the same machine.
 
@@ -213,8 +219,7 @@ def merge_reports(reports: list[dict], sources: list[str]) -> dict:
     merged.pop("partial", None)
     if any(rep.get("partial") for rep in reports):
         merged["partial"] = True
-    batches = sorted({e["batch"] for e in merged["models"] if "batch" in e})
-    merged["model_batch"] = batches[0] if len(batches) == 1 else (batches or None)
+    merged["model_batch"] = model_batch(merged["models"])
     merged.pop("scaling_plot", None)
     merged["targets"] = build_targets(merged)
     return merged

@@ -22,9 +22,10 @@ import time
 
 
 def _timer(device: str):
-    import torch
+    from harness.bench.common import sync as device_sync
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    def sync() -> None:
+        device_sync(device)
 
     def timeit(fn, repeats: int) -> float:
         """Mean milliseconds per call after min(3, repeats) warm-up calls."""
