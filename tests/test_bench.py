@@ -98,7 +98,9 @@ def test_quick_cli_writes_json_markdown_and_readme_block(tiny_bench, tmp_path, c
         # training runs first (as in a training run); eval's peak is counted in live tensors, as a GPU does
         assert 0 < e["values"]["peak_eval_memory_bytes"] <= e["values"]["peak_train_tensor_bytes"]
         assert e["memory_method"].startswith("training first")
+        assert e["values"]["train_ops"] > 100                   # one training step's working ops
     assert by_method[("point_mae", "point_peft")]["notes"].startswith("random memory bank")
+    assert "ops / train step" in md_path.read_text()
     assert by_method[("no_such_backbone", "full")]["status"] == "error"
 
     # tooling (shrunk sizes here): measured or skipped with a reason
@@ -370,6 +372,28 @@ def test_point_peft_cases_measure_each_memory_lever_switched_and_the_table_compa
     assert [r[2] for r in rows] == [name for name, *_ in model_cases.LEVERS]
     assert rows[0][3] == "2.000 / 1.600 s (1.25x)" and "(0.33x)" in rows[0][4]
     assert rows[1][3] == "2.000 / 1.900 s (1.05x)" and "(0.67x)" in rows[1][4]
+
+
+def test_op_counter_counts_working_ops_not_views_or_allocations():
+    from harness.bench.common import OpCounter
+    x, w = torch.randn(4, 5, requires_grad=True), torch.randn(5, 3)
+    with OpCounter() as views:
+        x.view(20).t()
+        x.reshape(2, 10).unsqueeze(0).expand(3, 2, 10)
+        torch.empty(10)
+        x.detach().unsqueeze_(0)
+    assert views.ops == 0
+    with OpCounter() as forward:
+        (x @ w).relu().sum()                            # mm, relu, sum
+    assert forward.ops == 3
+    with OpCounter() as both:
+        (x @ w).relu().sum().backward()                 # + backward's seed, relu and mm backward
+    assert both.ops > forward.ops + 2 and x.grad is not None
+    with OpCounter() as nested:
+        with OpCounter() as inner:
+            x.add(1)
+        x.mul(2)
+    assert (inner.ops, nested.ops) == (1, 2)
 
 
 def test_tensor_peak_bytes_counts_live_tensors_over_the_call():

@@ -272,6 +272,41 @@ def test_local_attention_shapes_scale_and_pre_gather_rewrite():
     torch.testing.assert_close(got, v_ref, atol=1e-5, rtol=1e-5)
 
 
+def test_geometric_branch_chunks_give_the_same_values_and_gradients(monkeypatch):
+    from models.peft.point_peft import geometric_adapter as ga
+    torch.manual_seed(0)
+    attn1, norm3 = LocalAttention(384), torch.nn.LayerNorm(384)
+    out_t = torch.nn.Sequential(torch.nn.BatchNorm1d(384), torch.nn.GELU())
+    u0 = torch.randn(3, 20, 384)
+    fi = torch.stack([torch.randperm(20)[:7] for _ in range(3)])
+    geo = make_geometry(20, False, fi, torch.randint(0, 20, (3, 7, 4)), 20, torch.rand(3, 20, 7))
+    params = [*attn1.parameters(), *norm3.parameters()]
+
+    def run(chunk_values):
+        monkeypatch.setattr(ga, "CHUNK_VALUES", chunk_values)
+        u = u0.clone().requires_grad_()
+        out = geometric_branch(u, geo, attn1, norm3, out_t, pool="max_mean", center_coef=0.3, drop_rate=0.0,
+                               drop_unit="group", training=True)
+        grads = torch.autograd.grad(out.square().sum(), [u, *params])
+        return out.detach(), grads
+
+    one, one_grads = run(1 << 40)                   # 21 groups in one chunk
+    assert ga.groups_per_chunk(21, 4, 384, "cpu") == 21
+    many, many_grads = run(4 * 384 * 2)             # chunks of 2 groups: 11 chunks
+    assert ga.groups_per_chunk(21, 4, 384, "cpu") == 2
+    torch.testing.assert_close(many, one, atol=1e-6, rtol=1e-6)
+    for a, b in zip(many_grads, one_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_groups_per_chunk_is_all_groups_off_the_cpu():
+    from models.peft.point_peft import geometric_adapter as ga
+    cpu = ga.groups_per_chunk(2048, 16, 384, "cpu")
+    assert cpu == ga.CHUNK_VALUES // (16 * 384) < 2048      # cache-sized chunks on the CPU
+    assert ga.groups_per_chunk(2048, 16, 384, "cuda") == 2048  # one chunk: launches bound a GPU step
+    assert ga.groups_per_chunk(0, 16, 384, "cuda") == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # M2AE attention masks (B7)
 

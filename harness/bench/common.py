@@ -124,6 +124,46 @@ def tensor_peak_bytes(fn: Callable[[], object]) -> int | None:
     return int(peak) if events else None
 
 
+class OpCounter:
+    """Counts the ATen ops that do work inside a ``with`` block: ``with OpCounter() as c: fn()``,
+    then ``c.ops``. On a GPU each of them launches about one kernel (a few for some, such as the
+    optimiser's multi-tensor ops), so the count shows what bounds a step of many small ops:
+    launches, not arithmetic. Views, in-place view changes and bare allocations (``empty`` and
+    kin) launch nothing and are not counted; autocast's casts are. Counted below autograd, so
+    backward's ops are included and composite ops count as the ops they run.
+
+    Built on ``torch.utils._python_dispatch.TorchDispatchMode`` (the mechanism of torch's public
+    ``torch.utils.flop_counter.FlopCounterMode``); about 10 us of Python per op, no tensors kept.
+    """
+
+    NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided",
+                           "_unsafe_view", "lift_fresh", "set_"})
+
+    def __init__(self) -> None:
+        self.ops = 0
+        self._mode = None
+
+    def __enter__(self) -> "OpCounter":
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if not (func.is_view or torch.Tag.inplace_view in func.tags
+                        or func.overloadpacket.__name__ in OpCounter.NO_KERNEL):
+                    counter.ops += 1
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        self._mode = None
+
+
 # ------------------------------------------------------------------ environment
 
 def device_name(device: str) -> str:

@@ -122,7 +122,7 @@ def measure_one(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from harness.bench.common import PeakRSS, sync, tensor_peak_bytes
+    from harness.bench.common import OpCounter, PeakRSS, sync, tensor_peak_bytes
     from harness.params import count_params
     from harness.train import adamw
     from models.classifier import build_model
@@ -182,6 +182,9 @@ def measure_one(spec: dict) -> dict:
         model.train()
         train_times = timed(train_step, spec["warmup"], spec["steps"])
         train_peak = torch.cuda.max_memory_allocated()
+        with OpCounter() as counted:  # one more training step: its ops (about its kernel launches)
+            train_step()
+        sync(device)
         memory = {"peak_train_memory_bytes": train_peak - base, "peak_eval_memory_bytes": eval_peak - base,
                   "peak_train_tensor_bytes": train_peak - base,
                   "peak_train_memory_abs_bytes": train_peak, "peak_eval_memory_abs_bytes": eval_peak}
@@ -196,8 +199,10 @@ def measure_one(spec: dict) -> dict:
         memory = {"peak_train_memory_bytes": rss.peak_increase()}
         # then one more training step, profiled: its peak of live tensor bytes (what
         # torch.cuda.max_memory_allocated counts on a GPU; RSS also counts glibc's kept heap)
+        # (its ops are counted too: on a GPU each is about one kernel launch)
         opt.zero_grad(set_to_none=True)
-        memory["peak_train_tensor_bytes"] = tensor_peak_bytes(train_step)
+        with OpCounter() as counted:
+            memory["peak_train_tensor_bytes"] = tensor_peak_bytes(train_step)
         model.eval()
         eval_times = timed(eval_step, spec["eval_warmup"], spec["eval_steps"])
         # eval's peak as a GPU counts it: live tensors of one more forward (its RSS, after
@@ -208,7 +213,7 @@ def measure_one(spec: dict) -> dict:
                   "eval = peak live tensor bytes of one more eval forward")
     train_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
     return {"train_cpu_s": cpu_s["train"], "eval_cpu_s": cpu_s["eval"],"train_step_s": train_s, "eval_step_s": eval_s,
-            "train_samples_per_s": b / train_s, "eval_samples_per_s": b / eval_s,
+            "train_samples_per_s": b / train_s, "eval_samples_per_s": b / eval_s, "train_ops": counted.ops,
             "train_times": train_times, "eval_times": eval_times, **memory,
             "memory_method": method, "trainable_params": counts.trainable, "total_params": counts.total,
             "threads": torch.get_num_threads(), "notes": notes}
@@ -232,7 +237,7 @@ def child_main(spec_json: str) -> int:
 UNITS = {"train_cpu_s": "s", "eval_cpu_s": "s", "train_samples_per_s": "samples/s", "eval_samples_per_s": "samples/s", "train_step_s": "s",
          "eval_step_s": "s", "peak_train_memory_bytes": "bytes", "peak_eval_memory_bytes": "bytes",
          "peak_train_memory_abs_bytes": "bytes", "peak_eval_memory_abs_bytes": "bytes",
-         "peak_train_tensor_bytes": "bytes", "trainable_params": "count", "total_params": "count"}
+         "peak_train_tensor_bytes": "bytes", "train_ops": "count", "trainable_params": "count", "total_params": "count"}
 
 
 def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall: float | None = None) -> dict:

@@ -239,7 +239,7 @@ OPTIONAL_KEYS = (("epoch", list, "a list"), ("scaling", list, "a list"), ("parts
 # Measured values the targets and tables compute with: numbers (or null) where present.
 NUMERIC_VALUES = ("peak_train_memory_bytes", "peak_train_tensor_bytes", "peak_memory_bytes", "peak_increase_bytes",
                   "samples",
-                  "train_step_s", "eval_step_s", "again_s", "records", "epoch_s")
+                  "train_step_s", "eval_step_s", "again_s", "records", "epoch_s", "train_ops")
 CASE_PARTS = ("models", "epoch", "scaling")   # entries that name a backbone / method / precision
 
 TOP_KEYS = {"schema": int, "device": str, "device_name": str, "date": str, "torch": str, "python": str,
@@ -393,7 +393,7 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
             row = [e.get("backbone", e["name"]), method, e.get("precision", ""), e.get("npoints", ""),
                    _num(v.get("trainable_params") and v["trainable_params"] / 1e6, ".2f"),
                    _num(v.get("train_samples_per_s"), ".2f"), _num(v.get("train_step_s"), ".3f"),
-                   _num(v.get("train_cpu_s"), ".2f"),
+                   _num(v.get("train_cpu_s"), ".2f"), _num(v.get("train_ops"), ",.0f"),
                    _num(v.get("eval_samples_per_s"), ".2f"), _num(v.get("eval_step_s"), ".3f"),
                    _mib(v.get("peak_train_memory_bytes")), _mib(v.get("peak_train_tensor_bytes")),
                    _mib(v.get("peak_eval_memory_bytes"))]
@@ -406,7 +406,7 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
             row.append(e["notes"] if e["status"] == "ok" else f"{e['status']}: {e['notes']}")
             rows.append(row)
         headers = ["backbone", "method", "precision", "points", "trainable (M)", "train (samples/s)",
-                   "s / train step", "CPU s / train step", "eval (samples/s)", "s / eval step", "peak train mem",
+                   "s / train step", "CPU s / train step", "ops / train step", "eval (samples/s)", "s / eval step", "peak train mem",
                    "peak train tensors", "peak eval tensors"]
         if official:
             headers += ["official s/step train / eval / peak (reference)", "ours vs official train / eval"]
@@ -416,7 +416,8 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                   f"Batch {batch}, random inputs, ScanObjectNN-family geometry, 15 classes. Train step = zero_grad + "
                   "forward + cross-entropy + backward + AdamW over the trainable parameters; eval = forward "
                   "in eval mode, no grad; median step time; CPU s = process CPU time per step, all threads "
-                  "(warm-up included); one fresh process per row. Memory: " + mem + "."
+                  "(warm-up included); ops = ATen ops of one more training step that do work (views and bare "
+                  "allocations excluded; on a GPU each launches about one kernel); one fresh process per row. Memory: " + mem + "."
                   + (" Official figures: the reference file results/reference/official_cpu_speed.csv, measured "
                      "on a machine of the same kind (the official code is not shipped, so not re-measured); "
                      "ours vs official = official s / ours." if official else ""),
