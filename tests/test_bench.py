@@ -389,6 +389,14 @@ def test_op_counter_counts_working_ops_not_views_or_allocations():
     with OpCounter() as both:
         (x @ w).relu().sum().backward()                 # + backward's seed, relu and mm backward
     assert both.ops > forward.ops + 2 and x.grad is not None
+    y = torch.zeros(3)
+    with OpCounter() as inplace:
+        y.add_(1).mul_(2)                               # in-place ops do work too
+    assert inplace.ops == 2
+    with OpCounter() as marked:
+        with torch.profiler.record_function("a marker"):   # profiler markers launch nothing
+            y.add(1)
+    assert marked.ops == 1
     with OpCounter() as nested:
         with OpCounter() as inner:
             x.add(1)

@@ -126,14 +126,18 @@ def tensor_peak_bytes(fn: Callable[[], object]) -> int | None:
 
 class OpCounter:
     """Counts the ATen ops that do work inside a ``with`` block: ``with OpCounter() as c: fn()``,
-    then ``c.ops``. On a GPU each of them launches about one kernel (a few for some, such as the
-    optimiser's multi-tensor ops), so the count shows what bounds a step of many small ops:
-    launches, not arithmetic. Views, in-place view changes and bare allocations (``empty`` and
-    kin) launch nothing and are not counted; autocast's casts are. Counted below autograd, so
-    backward's ops are included and composite ops count as the ops they run.
+    then ``c.ops``. On a GPU each of them launches about one kernel, so the count shows what
+    bounds a step of many small ops: launches, not arithmetic. Views, in-place view changes, bare
+    allocations (``empty`` and kin) and profiler markers launch nothing and are not counted;
+    autocast's casts are. Counted below autograd, so backward's ops are included and composite
+    ops count as the ops they run. Approximate: some ops launch several kernels (a multi-tensor
+    optimiser step, ``slice_backward``), and kernels launched outside ATen (Triton FPS, the
+    pointnet2_ops / knn_cuda extensions) are not seen; on the CPU, FPS counts as one op with
+    numba and as hundreds through its PyTorch loops.
 
     Built on ``torch.utils._python_dispatch.TorchDispatchMode`` (the mechanism of torch's public
     ``torch.utils.flop_counter.FlopCounterMode``); about 10 us of Python per op, no tensors kept.
+    Under the mode PyTorch may run a few ops out of place, so measure memory in another call.
     """
 
     NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided",
@@ -150,7 +154,7 @@ class OpCounter:
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                if not (func.is_view or torch.Tag.inplace_view in func.tags
+                if not (func.is_view or torch.Tag.inplace_view in func.tags or func.namespace == "profiler"
                         or func.overloadpacket.__name__ in OpCounter.NO_KERNEL):
                     counter.ops += 1
                 return func(*args, **(kwargs or {}))

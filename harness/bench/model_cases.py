@@ -199,10 +199,10 @@ def measure_one(spec: dict) -> dict:
         memory = {"peak_train_memory_bytes": rss.peak_increase()}
         # then one more training step, profiled: its peak of live tensor bytes (what
         # torch.cuda.max_memory_allocated counts on a GPU; RSS also counts glibc's kept heap)
-        # (its ops are counted too: on a GPU each is about one kernel launch)
         opt.zero_grad(set_to_none=True)
-        with OpCounter() as counted:
-            memory["peak_train_tensor_bytes"] = tensor_peak_bytes(train_step)
+        memory["peak_train_tensor_bytes"] = tensor_peak_bytes(train_step)
+        with OpCounter() as counted:  # one more training step: its ops (about its kernel launches on a GPU)
+            train_step()
         model.eval()
         eval_times = timed(eval_step, spec["eval_warmup"], spec["eval_steps"])
         # eval's peak as a GPU counts it: live tensors of one more forward (its RSS, after

@@ -145,7 +145,7 @@ def _keep_scale(groups: int, batch: int, rate: float, training: bool, unit: str,
     return mask / keep
 
 
-# Groups per chunk on the CPU: about 6 MB of gathered tokens, so gather, add and pooling stay in
+# Groups per chunk on the CPU: 4 MiB of gathered float32 tokens, so gather, add and pooling stay in
 # cache (about 5% faster per Point-MAE training step than one chunk, batch 32, 2 threads).
 CHUNK_VALUES = 1 << 20
 
@@ -156,7 +156,7 @@ def groups_per_chunk(groups: int, k: int, c: int, device_type: str) -> int:
     On the CPU, ``CHUNK_VALUES`` gathered values (cache-sized). Elsewhere (CUDA), all of them:
     a GPU step is bound by kernel launches, not cache, and each chunk costs about 16 launches
     per block, forward and backward (Point-MAE, batch 32: 13 chunks per block, about 2,200 of
-    a training step's 5,000 dispatched ops; one chunk leaves about 2,900). The transient
+    a training step's 4,900 working ops; one chunk leaves about 2,800). The transient
     (groups, k, c) tensor is then 48 MiB in float32 for that case (2,048 groups of 16 x 384).
     """
     if device_type != "cpu":
