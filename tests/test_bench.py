@@ -416,3 +416,18 @@ def test_tensor_peak_bytes_counts_live_tensors_over_the_call():
 
     assert tensor_peak_bytes(step) == 4 * ((1 << 20) + (1 << 19))
     assert tensor_peak_bytes(lambda: None) is None  # nothing allocated: no events
+
+
+def test_models_case_loads_the_fps_kernel_before_its_memory_baseline(monkeypatch):
+    """numba's first FPS call maps ~105 MiB of code: a one-off cost of the process, as torch's
+    import is, so it is kept out of the training RSS increase of every method alike."""
+    from harness.bench import common, model_cases
+    from models import ops
+    order, fps, start = [], ops.fps, common.PeakRSS.start
+    monkeypatch.setattr(ops, "fps", lambda *a, **k: order.append("fps") or fps(*a, **k))
+    monkeypatch.setattr(common.PeakRSS, "start", lambda self: order.append("rss") or start(self))
+    [spec] = [s for s in model_cases.model_specs("cpu", quick=True, backbones=["point_bert"], methods=["full"])]
+    result = model_cases.measure_one({**spec, "batch": 2, "steps": 1, "eval_steps": 1})
+    assert order[0] == "fps" and "rss" in order and order.index("rss") == 1   # loaded, then the baseline
+    assert order.count("fps") > 2                                              # then the model's own calls
+    assert "the FPS kernel loaded before it" in result["memory_method"]
