@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_VERSION = 1
@@ -124,7 +125,7 @@ def tensor_peak_bytes(fn: Callable[[], object]) -> int | None:
     return int(peak) if events else None
 
 
-class OpCounter:
+class OpCounter(TorchDispatchMode):
     """Counts the ATen ops that do work inside a ``with`` block: ``with OpCounter() as c: fn()``,
     then ``c.ops``. On a GPU each of them launches about one kernel, so the count shows what
     bounds a step of many small ops: launches, not arithmetic. Views, in-place view changes, bare
@@ -144,28 +145,14 @@ class OpCounter:
                            "_unsafe_view", "lift_fresh", "set_"})
 
     def __init__(self) -> None:
+        super().__init__()
         self.ops = 0
-        self._mode = None
 
-    def __enter__(self) -> "OpCounter":
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        counter = self
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                if not (func.is_view or torch.Tag.inplace_view in func.tags or func.namespace == "profiler"
-                        or func.overloadpacket.__name__ in OpCounter.NO_KERNEL):
-                    counter.ops += 1
-                return func(*args, **(kwargs or {}))
-
-        self._mode = _Mode()
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._mode.__exit__(*exc)
-        self._mode = None
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not (func.is_view or torch.Tag.inplace_view in func.tags or func.namespace == "profiler"
+                or func.overloadpacket.__name__ in self.NO_KERNEL):
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
 
 
 # ------------------------------------------------------------------ environment

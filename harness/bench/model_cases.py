@@ -187,9 +187,6 @@ def measure_one(spec: dict) -> dict:
         model.train()
         train_times = timed(train_step, spec["warmup"], spec["steps"])
         train_peak = torch.cuda.max_memory_allocated()
-        with OpCounter() as counted:  # one more training step: its ops (about its kernel launches)
-            train_step()
-        sync(device)
         memory = {"peak_train_memory_bytes": train_peak - base, "peak_eval_memory_bytes": eval_peak - base,
                   "peak_train_tensor_bytes": train_peak - base,
                   "peak_train_memory_abs_bytes": train_peak, "peak_eval_memory_abs_bytes": eval_peak}
@@ -206,8 +203,6 @@ def measure_one(spec: dict) -> dict:
         # torch.cuda.max_memory_allocated counts on a GPU; RSS also counts glibc's kept heap)
         opt.zero_grad(set_to_none=True)
         memory["peak_train_tensor_bytes"] = tensor_peak_bytes(train_step)
-        with OpCounter() as counted:  # one more training step: its ops (about its kernel launches on a GPU)
-            train_step()
         model.eval()
         eval_times = timed(eval_step, spec["eval_warmup"], spec["eval_steps"])
         # eval's peak as a GPU counts it: live tensors of one more forward (its RSS, after
@@ -217,6 +212,12 @@ def measure_one(spec: dict) -> dict:
                   "kernel loaded before it); tensors = "
                   "peak live tensor bytes of one more training step (PyTorch profiler allocation events); "
                   "eval = peak live tensor bytes of one more eval forward")
+    # one more training step, after the memory measures (under the counting mode PyTorch may run
+    # a few ops out of place): its working ops, about its kernel launches on a GPU
+    model.train()
+    with OpCounter() as counted:
+        train_step()
+    sync(device)
     train_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
     return {"train_cpu_s": cpu_s["train"], "eval_cpu_s": cpu_s["eval"],"train_step_s": train_s, "eval_step_s": eval_s,
             "train_samples_per_s": b / train_s, "eval_samples_per_s": b / eval_s, "train_ops": counted.ops,
