@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 
 import pytest
 import torch
@@ -276,8 +277,9 @@ def test_fast_paths_accept_points_that_require_grad():
         assert torch.equal(ops.knn(xyz, query, 4)[1], nn_idx)
 
 
-def test_speed_targets_compare_with_the_official_reference_as_at_least():
+def test_speed_targets_compare_with_the_official_reference_as_at_least(monkeypatch):
     ref = model_cases.official_reference()
+    monkeypatch.setattr(model_cases, "device_name", lambda device: ref[("point_bert", "full")]["cpu"])
     assert ref[("point_bert", "full")]["train_step_s"] > 0 and ref[("point_bert", "full")]["batch"] == 32
     entry = {"name": "point_bert / full", "backbone": "point_bert", "method": "full", "precision": "fp32",
              "batch": 32, "npoints": 1024, "device": "cpu", "status": "ok", "value": 20.0, "unit": "samples/s",
@@ -296,8 +298,38 @@ def test_speed_targets_compare_with_the_official_reference_as_at_least():
         official = ref[("point_bert", "full")]["train_step_s"]
         assert train["comparison"] == ">=" and train["value"] == pytest.approx(official / train_s)
         assert train["status"] == ("pass" if official / train_s >= 1.5 else "fail")
-        assert "same kind" in train["notes"]
+        assert ref[("point_bert", "full")]["cpu"] in train["notes"]
     assert rows[0]["official_cpu"]["eval_speedup"] == pytest.approx(ref[("point_bert", "full")]["eval_step_s"] / 0.5)
+
+
+@pytest.mark.parametrize("cpu, threads, why", [
+    ("Intel(R) Xeon(R) Processor (2 logical CPUs)", 2, "this run on Intel(R) Xeon(R) Processor"),
+    (None, 1, "they used 2 threads, this run 1"),
+])
+def test_speed_targets_refuse_a_ratio_across_cpu_models_or_thread_counts(monkeypatch, cpu, threads, why):
+    # the official figures' CPU model and threads are in the reference file: a run elsewhere
+    # shows them, computes no ratio, and its targets are not-measured with the reason
+    ref = model_cases.official_reference()[("point_bert", "full")]
+    assert ref["cpu"] and ref["threads"] == 2
+    monkeypatch.setattr(model_cases, "device_name", lambda device: cpu or ref["cpu"])
+    spec = {"name": "point_bert / full", "backbone": "point_bert", "method": "full", "precision": "fp32",
+            "batch": 32, "npoints": 1024, "device": "cpu", "variant": None, "warmup": 1, "steps": 1,
+            "eval_warmup": 1, "eval_steps": 1, "family": "scan"}
+    result = {"train_step_s": 0.1, "eval_step_s": 0.1, "train_samples_per_s": 320.0, "train_times": [0.1],
+              "eval_times": [0.1], "memory_method": "m", "threads": threads, "notes": []}
+    e = model_cases._entry(spec, "ok", "", result)
+    assert "train_speedup" not in e["official_cpu"] and why in e["official_cpu"]["not_comparable"]
+    rep = {"device": "cpu", "parts": ["models"], "ops": [], "tooling": [], "models": [e]}
+    targets = {t["name"]: t for t in bench_report.build_targets(rep)}
+    for phase in ("train", "eval"):
+        t = targets[f"speed_vs_official[point_bert/full/{phase}]"]
+        assert t["status"] == "not-measured" and t["value"] is None and why in t["notes"]
+    md = bench_report.render_markdown({**rep, "date": "2026-12-01", "quick": False, "device_name": cpu or ref["cpu"],
+                                       "torch": "2.13.0", "python": "3.11", "threads": threads,
+                                       "targets": list(targets.values())})
+    row = next(line for line in md.splitlines() if re.match(r"\| point_bert +\| full +\|", line))
+    assert f"{ref['train_step_s']:.2f} / {ref['eval_step_s']:.2f}" in row and row.count(" - ") >= 1
+    assert md.count("not comparable") == 2  # the two targets' notes
 
 
 def tiny_epoch_specs(device, samples, root, backbones=None, threads=None, warmup=1, precisions=None, compiles=None):

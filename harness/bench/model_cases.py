@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from harness.bench.common import ROOT, short_error, time_calls
+from harness.bench.common import ROOT, device_name, short_error, time_calls
 
 FAMILY = "scan"
 NUM_CLASSES = 15
@@ -36,10 +36,12 @@ QUICK_CPU_BATCH = 4
 RESULT_MARK = "BENCH_RESULT "
 
 # The official implementations' CPU step times (2 threads, float32, batch 32, AdamW), measured
-# on a machine of the same kind as the bench's (the official code is not shipped, so the bench
-# cannot re-measure it): one row per case, with when and how it was measured.
+# once on a 2-core machine (the official code is not shipped, so the bench cannot re-measure it):
+# one row per case, with its CPU model, when and how it was measured. A time ratio is a speed
+# ratio of the code only on the same CPU model with the same threads: elsewhere it measures the
+# machines, so the bench shows the figures but computes no ratio.
 OFFICIAL_CPU_CSV = ROOT / "results" / "reference" / "official_cpu_speed.csv"
-OFFICIAL_NOTE = "official figure measured on a machine of the same kind (2 cores), not re-measured here"
+OFFICIAL_NOTE = "official figure measured on {cpu} with {threads} threads on {measured}, not re-measured here"
 
 # Memory levers, each measured as the default build with that one lever switched the other way:
 # (name, backbone_options, method_options, what it shows).
@@ -69,8 +71,9 @@ def official_reference(path=None) -> dict:
         out[(row["backbone"], row["method"])] = {
             "points": int(row["points"]), "batch": int(row["batch"]), "threads": int(row["threads"]),
             "train_step_s": float(row["train_step_s"]), "eval_step_s": float(row["eval_step_s"]),
-            "peak_train_memory_bytes": float(row["peak_rss_increase_bytes"]), "measured": row["measured"],
-            "how": row["how"], "source": f"{path.name if hasattr(path, 'name') else path} ({OFFICIAL_NOTE})"}
+            "peak_train_memory_bytes": float(row["peak_rss_increase_bytes"]), "cpu": row["cpu"],
+            "measured": row["measured"], "how": row["how"], "source": f"{path.name if hasattr(path, 'name') else path} "
+                      f"({OFFICIAL_NOTE.format(cpu=row['cpu'], threads=row['threads'], measured=row['measured'])})"}
     return out
 
 
@@ -268,10 +271,27 @@ def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall
     if (official and not spec.get("variant") and spec["device"] == "cpu" and spec["precision"] == "fp32"
             and spec["batch"] == official["batch"] and spec["npoints"] == official["points"]):
         entry["official_cpu"] = official
-        if "train_step_s" in values:
+        unlike = official_mismatch(official, device_name("cpu"), result.get("threads") if result else None)
+        if unlike:
+            entry["official_cpu"] = {**official, "not_comparable": unlike}
+        elif "train_step_s" in values:
             entry["official_cpu"] = {**official, "train_speedup": official["train_step_s"] / values["train_step_s"],
                                      "eval_speedup": official["eval_step_s"] / values["eval_step_s"]}
     return entry
+
+
+def official_mismatch(official: dict, cpu: str, threads: int | None) -> str:
+    """Why this run's times do not compare with the official figures ('' when they do): another
+    CPU model (its name as ``device_name`` writes it) or another torch thread count."""
+    unlike = []
+    if cpu != official["cpu"]:
+        unlike.append(f"they were measured on {official['cpu']}, this run on {cpu}")
+    if threads is not None and int(threads) != official["threads"]:
+        unlike.append(f"they used {official['threads']} threads, this run {threads}")
+    if not unlike:
+        return ""
+    return ("not comparable: " + " and ".join(unlike)
+            + "; a time ratio across machines or thread counts measures those, not the code")
 
 
 def run_models(device: str, quick: bool, log=print, backbones=None, methods=None,

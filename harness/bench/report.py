@@ -130,6 +130,8 @@ def build_targets(report: dict) -> list[dict]:
                 notes = "a CPU target: run with --device cpu"
             elif "models" not in parts:
                 notes = "models part not run"
+            elif entry is not None and entry.get("official_cpu", {}).get("not_comparable"):
+                notes = f"official {entry['official_cpu'][f'{phase}_step_s']:.2f} s; {entry['official_cpu']['not_comparable']}"
             elif entry is None or "official_cpu" not in entry or f"{phase}_speedup" not in entry["official_cpu"]:
                 notes = (f"needs {backbone} / {method} measured at batch {ref['batch']}, {ref['points']} points "
                          "(not in a --quick run)")
@@ -419,8 +421,9 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                   "(warm-up included); ops = ATen ops of one more training step that do work (views and bare "
                   "allocations excluded; on a GPU each launches about one kernel); one fresh process per row. Memory: " + mem + "."
                   + (" Official figures: the reference file results/reference/official_cpu_speed.csv, measured "
-                     "on a machine of the same kind (the official code is not shipped, so not re-measured); "
-                     "ours vs official = official s / ours." if official else ""),
+                     "once on a 2-core machine (the official code is not shipped, so not re-measured); "
+                     "ours vs official = official s / ours, computed only on the CPU model and thread count "
+                     "they were measured with." if official else ""),
                   tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)]
         levers = lever_rows(report["models"])
         if levers:
