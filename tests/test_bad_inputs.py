@@ -468,11 +468,14 @@ def test_build_cache_fault(capsys, tmp_path, scan_root, extra, words):
 # ----------------------------------------------------------------------------- the scheduler
 
 def fake_sbatch(tmp_path: Path, body: str) -> Path:
+    """A folder with an ``sbatch`` running ``body`` and an ``srun`` that does nothing (submitit
+    builds no SLURM executor where ``srun`` is missing), so no real SLURM is needed."""
     bindir = tmp_path / "fakebin"
     bindir.mkdir(exist_ok=True)
-    script = bindir / "sbatch"
-    script.write_text("#!/bin/sh\n" + textwrap.dedent(body))
-    script.chmod(0o755)
+    for name, text in (("sbatch", textwrap.dedent(body)), ("srun", "exit 0\n")):
+        script = bindir / name
+        script.write_text("#!/bin/sh\n" + text)
+        script.chmod(0o755)
     return bindir
 
 

@@ -277,59 +277,118 @@ def test_fast_paths_accept_points_that_require_grad():
         assert torch.equal(ops.knn(xyz, query, 4)[1], nn_idx)
 
 
+AMD = "AMD EPYC (2 logical CPUs)"
+XEON = "Intel(R) Xeon(R) Processor (2 logical CPUs)"
+
+
+def bert_full_entry(monkeypatch, cpu, threads, train_s=1.0, eval_s=0.5):
+    """A measured point_bert / full CPU entry at the reference's setup, as if run on ``cpu``."""
+    monkeypatch.setattr(model_cases, "device_name", lambda device: cpu)
+    spec = {"name": "point_bert / full", "backbone": "point_bert", "method": "full", "precision": "fp32",
+            "batch": 32, "npoints": 1024, "device": "cpu", "variant": None, "warmup": 1, "steps": 1,
+            "eval_warmup": 1, "eval_steps": 1, "family": "scan"}
+    result = {"train_step_s": train_s, "eval_step_s": eval_s, "train_samples_per_s": 32 / train_s,
+              "train_times": [train_s], "eval_times": [eval_s], "memory_method": "m", "threads": threads,
+              "notes": []}
+    return model_cases._entry(spec, "ok", "", result)
+
+
+def cpu_report(entry, cpu, threads):
+    rep = {"device": "cpu", "device_name": cpu, "threads": threads, "parts": ["models"], "ops": [], "tooling": [],
+           "models": [entry], "date": "2026-12-01", "quick": False, "torch": "2.13.0", "python": "3.11"}
+    rep["targets"] = bench_report.build_targets(rep)
+    return rep
+
+
+def ratio_cell(md, backbone="point_bert", method="full"):
+    """The "ours vs official" cell of a models row of the rendered report."""
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| backbone "))
+    col = [c.strip() for c in header.split("|")].index("ours vs official train / eval")
+    row = next(line for line in lines if re.match(rf"\| {backbone} +\| {method} +\|", line))
+    return [c.strip() for c in row.split("|")][col]
+
+
 def test_speed_targets_compare_with_the_official_reference_as_at_least(monkeypatch):
     ref = model_cases.official_reference()
-    monkeypatch.setattr(model_cases, "device_name", lambda device: ref[("point_bert", "full")]["cpu"])
     assert ref[("point_bert", "full")]["train_step_s"] > 0 and ref[("point_bert", "full")]["batch"] == 32
-    entry = {"name": "point_bert / full", "backbone": "point_bert", "method": "full", "precision": "fp32",
-             "batch": 32, "npoints": 1024, "device": "cpu", "status": "ok", "value": 20.0, "unit": "samples/s",
-             "notes": "", "variant": None}
+    assert ref[("point_bert", "full")]["cpu"] == AMD
     rows = []
     for train_s, eval_s in ((1.0, 0.5), (2.0, 0.5)):
-        spec = {**entry, "warmup": 1, "steps": 1, "eval_warmup": 1, "eval_steps": 1, "family": "scan"}
-        result = {"train_step_s": train_s, "eval_step_s": eval_s, "train_samples_per_s": 32 / train_s,
-                  "train_times": [train_s], "eval_times": [eval_s],
-                  "memory_method": "m", "threads": 2, "notes": []}
-        e = model_cases._entry(spec, "ok", "", result)
+        e = bert_full_entry(monkeypatch, AMD, 2, train_s, eval_s)
         rows.append(e)
-        rep = {"device": "cpu", "parts": ["models"], "ops": [], "tooling": [], "models": [e]}
-        targets = {t["name"]: t for t in bench_report.build_targets(rep)}
+        rep = cpu_report(e, AMD, 2)
+        targets = {t["name"]: t for t in rep["targets"]}
         train = targets["speed_vs_official[point_bert/full/train]"]
         official = ref[("point_bert", "full")]["train_step_s"]
         assert train["comparison"] == ">=" and train["value"] == pytest.approx(official / train_s)
         assert train["status"] == ("pass" if official / train_s >= 1.5 else "fail")
-        assert ref[("point_bert", "full")]["cpu"] in train["notes"]
+        assert AMD in train["notes"]
+        assert ratio_cell(bench_report.render_markdown(rep)) == f"{official / train_s:.2f}x / {ref[('point_bert', 'full')]['eval_step_s'] / eval_s:.2f}x"
     assert rows[0]["official_cpu"]["eval_speedup"] == pytest.approx(ref[("point_bert", "full")]["eval_step_s"] / 0.5)
 
 
 @pytest.mark.parametrize("cpu, threads, why", [
-    ("Intel(R) Xeon(R) Processor (2 logical CPUs)", 2, "this run on Intel(R) Xeon(R) Processor"),
-    (None, 1, "they used 2 threads, this run 1"),
+    (XEON, 2, "this run on Intel(R) Xeon(R) Processor"),
+    (AMD, 1, "they used 2 threads, this run 1"),
 ])
 def test_speed_targets_refuse_a_ratio_across_cpu_models_or_thread_counts(monkeypatch, cpu, threads, why):
-    # the official figures' CPU model and threads are in the reference file: a run elsewhere
-    # shows them, computes no ratio, and its targets are not-measured with the reason
+    # the official figures' CPU and threads are in the reference file: a run elsewhere shows the
+    # figures, computes no ratio, and its speed targets are not-measured with the reason
     ref = model_cases.official_reference()[("point_bert", "full")]
-    assert ref["cpu"] and ref["threads"] == 2
-    monkeypatch.setattr(model_cases, "device_name", lambda device: cpu or ref["cpu"])
-    spec = {"name": "point_bert / full", "backbone": "point_bert", "method": "full", "precision": "fp32",
-            "batch": 32, "npoints": 1024, "device": "cpu", "variant": None, "warmup": 1, "steps": 1,
-            "eval_warmup": 1, "eval_steps": 1, "family": "scan"}
-    result = {"train_step_s": 0.1, "eval_step_s": 0.1, "train_samples_per_s": 320.0, "train_times": [0.1],
-              "eval_times": [0.1], "memory_method": "m", "threads": threads, "notes": []}
-    e = model_cases._entry(spec, "ok", "", result)
+    e = bert_full_entry(monkeypatch, cpu, threads, 0.1, 0.1)
     assert "train_speedup" not in e["official_cpu"] and why in e["official_cpu"]["not_comparable"]
-    rep = {"device": "cpu", "parts": ["models"], "ops": [], "tooling": [], "models": [e]}
-    targets = {t["name"]: t for t in bench_report.build_targets(rep)}
+    rep = cpu_report(e, cpu, threads)
+    targets = {t["name"]: t for t in rep["targets"]}
     for phase in ("train", "eval"):
         t = targets[f"speed_vs_official[point_bert/full/{phase}]"]
         assert t["status"] == "not-measured" and t["value"] is None and why in t["notes"]
-    md = bench_report.render_markdown({**rep, "date": "2026-12-01", "quick": False, "device_name": cpu or ref["cpu"],
-                                       "torch": "2.13.0", "python": "3.11", "threads": threads,
-                                       "targets": list(targets.values())})
+    md = bench_report.render_markdown(rep)
+    assert ratio_cell(md) == "-"
     row = next(line for line in md.splitlines() if re.match(r"\| point_bert +\| full +\|", line))
-    assert f"{ref['train_step_s']:.2f} / {ref['eval_step_s']:.2f}" in row and row.count(" - ") >= 1
+    assert f"{ref['train_step_s']:.2f} / {ref['eval_step_s']:.2f}" in row   # the figures are still shown
     assert md.count("not comparable") == 2  # the two targets' notes
+
+
+def test_a_stored_ratio_is_judged_again_from_the_reports_own_machine(monkeypatch):
+    # a report whose entry stored a ratio (an older bench, or a hand-edited device_name) is
+    # scored from its own device_name and threads, not from the stored ratio
+    e = bert_full_entry(monkeypatch, AMD, 2)
+    assert "train_speedup" in e["official_cpu"]
+    for cpu, threads in ((XEON, 2), (AMD, 4)):
+        rep = cpu_report({**e, "threads": threads}, cpu, threads)
+        t = next(t for t in rep["targets"] if t["name"] == "speed_vs_official[point_bert/full/train]")
+        assert t["status"] == "not-measured" and "not comparable" in t["notes"]
+        assert ratio_cell(bench_report.render_markdown(rep)) == "-"
+
+
+@pytest.mark.parametrize("text, error", [
+    ("backbone,method,points,batch,threads,trainable_params,train_step_s,eval_step_s,peak_rss_increase_bytes,measured,how\n"
+     "point_bert,full,1024,32,2,1,2.5,0.8,1,2026-11-25,x\n", r"official\.csv: missing column\(s\) cpu; expected"),
+    ("backbone,method,points,batch,threads,trainable_params,train_step_s,eval_step_s,peak_rss_increase_bytes,cpu,measured,how\n"
+     "point_bert,full,1024,32,2,1,fast,0.8,1,AMD EPYC,2026-11-25,x\n", r"official\.csv, line 2: .*fast.*expected numbers"),
+])
+def test_a_damaged_official_reference_is_one_line_before_any_case_runs(monkeypatch, tmp_path, text, error):
+    from harness.bench.common import BenchSetupError
+    from harness.cli import UserError
+
+    report = tmp_path / "r.json"   # a sound report, written before the reference file is damaged
+    report.write_text(json.dumps({**cpu_report(bert_full_entry(monkeypatch, AMD, 2), AMD, 2),
+                                  "schema": bench_report.SCHEMA_VERSION, "created": "2026-12-01T00:00:00+00:00",
+                                  "git_commit": "abc1234", "load_average": [0.1] * 3, "command": "x",
+                                  "model_batch": 32, "epoch": [], "scaling": [], "wall_s": 1.0}))
+    csv_path = tmp_path / "official.csv"
+    csv_path.write_text(text)
+    monkeypatch.setattr(model_cases, "OFFICIAL_CPU_CSV", csv_path)
+    with pytest.raises(BenchSetupError, match=error):
+        model_cases.official_reference()
+    monkeypatch.setattr(model_cases, "run_specs", lambda *a, **k: pytest.fail("a case ran before the check"))
+    with pytest.raises(UserError, match=error) as err:
+        run_cli(["bench", "--device", "cpu", "--only", "models", "--out", str(tmp_path / "out"), "--no-readme"])
+    assert "\n" not in str(err.value)
+    # --merge re-scores with the reference file: the same one line
+    with pytest.raises(UserError, match="^--merge: .*" + error):
+        run_cli(["bench", "--merge", str(report), "--out", str(tmp_path / "m"), "--no-readme"])
 
 
 def tiny_epoch_specs(device, samples, root, backbones=None, threads=None, warmup=1, precisions=None, compiles=None):

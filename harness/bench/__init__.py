@@ -58,6 +58,9 @@ def run_bench(device: str = "cpu", quick: bool = False, only=DEFAULT_PARTS, log=
     only = tuple(p for p in PARTS if p in set(only))
     from harness.bench import epoch_cases, model_cases, ops_cases, scaling, tooling_cases
 
+    if device == "cpu" and "models" in only:
+        model_cases.official_reference()   # a damaged reference file fails here, before any case runs
+
     started = time.perf_counter()
     report = {
         "schema": SCHEMA_VERSION, "device": device, "device_name": device_name(device),

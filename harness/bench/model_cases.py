@@ -26,8 +26,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from harness.bench.common import ROOT, device_name, short_error, time_calls
+from harness.bench.common import ROOT, BenchSetupError, device_name, short_error, time_calls
 
 FAMILY = "scan"
 NUM_CLASSES = 15
@@ -41,6 +42,8 @@ RESULT_MARK = "BENCH_RESULT "
 # ratio of the code only on the same CPU model with the same threads: elsewhere it measures the
 # machines, so the bench shows the figures but computes no ratio.
 OFFICIAL_CPU_CSV = ROOT / "results" / "reference" / "official_cpu_speed.csv"
+OFFICIAL_COLUMNS = ("backbone", "method", "points", "batch", "threads", "train_step_s", "eval_step_s",
+                    "peak_rss_increase_bytes", "cpu", "measured", "how")
 OFFICIAL_NOTE = "official figure measured on {cpu} with {threads} threads on {measured}, not re-measured here"
 
 # Memory levers, each measured as the default build with that one lever switched the other way:
@@ -57,23 +60,35 @@ LEVER_METHODS = ("point_peft",)
 
 
 def official_reference(path=None) -> dict:
-    """{(backbone, method): row} of the official CPU figures (``OFFICIAL_CPU_CSV``); {} if absent."""
+    """{(backbone, method): row} of the official CPU figures (``OFFICIAL_CPU_CSV``); {} if absent.
+
+    Raises ``BenchSetupError`` naming the file (and line) when a column is missing or a number
+    does not parse."""
     import csv
 
-    path = path or OFFICIAL_CPU_CSV
+    path = Path(path or OFFICIAL_CPU_CSV)
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            missing = [c for c in OFFICIAL_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise BenchSetupError(f"{path}: missing column(s) {', '.join(missing)}; expected the columns "
+                                      f"{', '.join(OFFICIAL_COLUMNS)} (restore the file from the repository)")
+            rows = list(reader)
     except FileNotFoundError:
         return {}
     out = {}
-    for row in rows:
-        out[(row["backbone"], row["method"])] = {
-            "points": int(row["points"]), "batch": int(row["batch"]), "threads": int(row["threads"]),
-            "train_step_s": float(row["train_step_s"]), "eval_step_s": float(row["eval_step_s"]),
-            "peak_train_memory_bytes": float(row["peak_rss_increase_bytes"]), "cpu": row["cpu"],
-            "measured": row["measured"], "how": row["how"], "source": f"{path.name if hasattr(path, 'name') else path} "
-                      f"({OFFICIAL_NOTE.format(cpu=row['cpu'], threads=row['threads'], measured=row['measured'])})"}
+    for line, row in enumerate(rows, start=2):
+        try:
+            note = OFFICIAL_NOTE.format(cpu=row["cpu"], threads=row["threads"], measured=row["measured"])
+            out[(row["backbone"], row["method"])] = {
+                "points": int(row["points"]), "batch": int(row["batch"]), "threads": int(row["threads"]),
+                "train_step_s": float(row["train_step_s"]), "eval_step_s": float(row["eval_step_s"]),
+                "peak_train_memory_bytes": float(row["peak_rss_increase_bytes"]), "cpu": row["cpu"],
+                "measured": row["measured"], "how": row["how"], "source": f"{path.name} ({note})"}
+        except (TypeError, ValueError) as err:   # a short row (None) or a number that does not parse
+            raise BenchSetupError(f"{path}, line {line}: {err}; expected numbers in points, batch, threads, "
+                                  "train_step_s, eval_step_s and peak_rss_increase_bytes") from None
     return out
 
 
@@ -267,31 +282,36 @@ def _entry(spec: dict, status: str, notes: str, result: dict | None = None, wall
         entry["threads"] = result["threads"]
     if wall is not None:
         entry["process_wall_s"] = wall
-    official = official_reference().get((spec["backbone"], spec["method"]))
-    if (official and not spec.get("variant") and spec["device"] == "cpu" and spec["precision"] == "fp32"
-            and spec["batch"] == official["batch"] and spec["npoints"] == official["points"]):
-        entry["official_cpu"] = official
-        unlike = official_mismatch(official, device_name("cpu"), result.get("threads") if result else None)
-        if unlike:
-            entry["official_cpu"] = {**official, "not_comparable": unlike}
-        elif "train_step_s" in values:
-            entry["official_cpu"] = {**official, "train_speedup": official["train_step_s"] / values["train_step_s"],
-                                     "eval_speedup": official["eval_step_s"] / values["eval_step_s"]}
+    official = official_reference().get((spec["backbone"], spec["method"])) if spec["device"] == "cpu" else None
+    if official and official_applies(official, spec):
+        entry["official_cpu"] = {**official, **compare_official(official, values, device_name("cpu"),
+                                                                 result.get("threads") if result else None)}
     return entry
 
 
-def official_mismatch(official: dict, cpu: str, threads: int | None) -> str:
-    """Why this run's times do not compare with the official figures ('' when they do): another
-    CPU model (its name as ``device_name`` writes it) or another torch thread count."""
+def official_applies(official: dict, case: dict) -> bool:
+    """Whether the official figures are of this case's setup: a default build (no lever
+    variant), CPU fp32, the reference's batch and points."""
+    return (not case.get("variant") and case.get("device", "cpu") == "cpu" and case.get("precision") == "fp32"
+            and case.get("batch") == official["batch"] and case.get("npoints") == official["points"])
+
+
+def compare_official(official: dict, values: dict, cpu: str, threads: int | None) -> dict:
+    """``{"train_speedup", "eval_speedup"}`` (official s / ours) when the times compare, else
+    ``{"not_comparable": why}`` (another CPU, as ``device_name`` writes it, or another torch
+    thread count; a time ratio across those measures them, not the code); {} without times."""
     unlike = []
     if cpu != official["cpu"]:
         unlike.append(f"they were measured on {official['cpu']}, this run on {cpu}")
     if threads is not None and int(threads) != official["threads"]:
         unlike.append(f"they used {official['threads']} threads, this run {threads}")
-    if not unlike:
-        return ""
-    return ("not comparable: " + " and ".join(unlike)
-            + "; a time ratio across machines or thread counts measures those, not the code")
+    if unlike:
+        return {"not_comparable": "not comparable: " + " and ".join(unlike)
+                + "; a time ratio across machines or thread counts measures those, not the code"}
+    if "train_step_s" not in values or "eval_step_s" not in values:
+        return {}
+    return {"train_speedup": official["train_step_s"] / values["train_step_s"],
+            "eval_speedup": official["eval_step_s"] / values["eval_step_s"]}
 
 
 def run_models(device: str, quick: bool, log=print, backbones=None, methods=None,

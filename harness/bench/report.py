@@ -40,6 +40,22 @@ def _ok(entries: list[dict]) -> list[dict]:
     return [e for e in entries if e.get("status") == "ok" and e.get("value") is not None]
 
 
+def official_comparison(report: dict, entry: dict | None, refs: dict) -> dict | None:
+    """The official reference row's comparison with ``entry`` (a models entry of ``report``):
+    ``model_cases.compare_official`` against the report's own CPU name and the entry's threads;
+    None when no reference row is of the entry's setup (or it has no times)."""
+    from harness.bench.model_cases import compare_official, official_applies
+
+    if entry is None or entry.get("status") != "ok" or report.get("device") != "cpu":
+        return None
+    ref = refs.get((entry.get("backbone"), entry.get("method")))
+    if ref is None or not official_applies(ref, entry):
+        return None
+    compared = compare_official(ref, entry.get("values", {}), report.get("device_name"),
+                                entry.get("threads", report.get("threads")))
+    return compared or None
+
+
 def build_targets(report: dict) -> list[dict]:
     """Each target with its measured value, threshold and pass / fail / not-measured."""
     device, parts = report["device"], set(report.get("parts", PARTS))
@@ -116,30 +132,32 @@ def build_targets(report: dict) -> list[dict]:
             value, notes = None, f"measured on {records:,} records (a --quick run), not {TABLE_RECORDS:,}"
         targets.append(_target(name, desc, value, threshold, "s", notes))
 
-    # ours vs the official code's CPU step rate (reference figures, batch 32, fp32)
+    # ours vs the official code's CPU step rate (reference figures, batch 32, fp32), judged from
+    # this report's own machine and threads (a stored ratio of an older report is not trusted)
     from harness.bench.model_cases import official_reference
 
-    for (backbone, method), ref in official_reference().items():
+    refs = official_reference()
+    for (backbone, method), ref in refs.items():
         if backbones and backbone not in backbones:
             continue
         entry = next((e for e in models if e["backbone"] == backbone and e["method"] == method
                       and not e.get("variant") and e["precision"] == "fp32"), None)
+        compared = official_comparison(report, entry, refs)
         for phase in ("train", "eval"):
             value, notes = None, ""
             if device != "cpu":
                 notes = "a CPU target: run with --device cpu"
             elif "models" not in parts:
                 notes = "models part not run"
-            elif entry is not None and entry.get("official_cpu", {}).get("not_comparable"):
-                notes = f"official {entry['official_cpu'][f'{phase}_step_s']:.2f} s; {entry['official_cpu']['not_comparable']}"
-            elif entry is None or "official_cpu" not in entry or f"{phase}_speedup" not in entry["official_cpu"]:
+            elif entry is None or compared is None:
                 notes = (f"needs {backbone} / {method} measured at batch {ref['batch']}, {ref['points']} points "
                          "(not in a --quick run)")
+            elif "not_comparable" in compared:
+                notes = f"official {ref[f'{phase}_step_s']:.2f} s; {compared['not_comparable']}"
             else:
-                o = entry["official_cpu"]
-                value = o[f"{phase}_speedup"]
-                notes = (f"official {o[f'{phase}_step_s']:.2f} s vs ours {entry['values'][f'{phase}_step_s']:.2f} s "
-                         f"per {'train step' if phase == 'train' else 'eval forward'}; {o['source']}")
+                value = compared[f"{phase}_speedup"]
+                notes = (f"official {ref[f'{phase}_step_s']:.2f} s vs ours {entry['values'][f'{phase}_step_s']:.2f} s "
+                         f"per {'train step' if phase == 'train' else 'eval forward'}; {ref['source']}")
             targets.append(_target(f"speed_vs_official[{backbone}/{method}/{phase}]",
                                    f"{backbone} / {method}: official s per {phase} step / ours (CPU, batch 32)",
                                    value, OFFICIAL_SPEEDUP, "x", notes, comparison=">="))
@@ -387,7 +405,11 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                            tablefmt="github", disable_numparse=True)]
 
     if report["models"]:
-        official = any("official_cpu" in e for e in report["models"])
+        from harness.bench.model_cases import official_applies, official_reference
+
+        refs = official_reference() if report["device"] == "cpu" else {}
+        official = any((e.get("backbone"), e.get("method")) in refs
+                       and official_applies(refs[(e["backbone"], e["method"])], e) for e in report["models"])
         rows = []
         for e in report["models"]:
             v = e.get("values", {})
@@ -400,11 +422,12 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                    _mib(v.get("peak_train_memory_bytes")), _mib(v.get("peak_train_tensor_bytes")),
                    _mib(v.get("peak_eval_memory_bytes"))]
             if official:
-                o = e.get("official_cpu")
+                o = refs.get((e.get("backbone"), e.get("method")))
+                o = o if o and official_applies(o, e) else None
+                c = official_comparison(report, e, refs) or {}
                 row.append(f"{o['train_step_s']:.2f} / {o['eval_step_s']:.2f} / "
                            f"{o['peak_train_memory_bytes'] / 1e9:.1f} GB" if o else "-")
-                row.append(f"{o['train_speedup']:.2f}x / {o['eval_speedup']:.2f}x"
-                           if o and "train_speedup" in o else "-")
+                row.append(f"{c['train_speedup']:.2f}x / {c['eval_speedup']:.2f}x" if "train_speedup" in c else "-")
             row.append(e["notes"] if e["status"] == "ok" else f"{e['status']}: {e['notes']}")
             rows.append(row)
         headers = ["backbone", "method", "precision", "points", "trainable (M)", "train (samples/s)",

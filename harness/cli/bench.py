@@ -217,7 +217,7 @@ def _merge(args) -> int:
         if clash:
             raise ValueError(f"the merged report would overwrite its input {clash[0]}; choose another --out")
         return _write(report, args.out, None if args.no_readme else args.readme, merged=True)
-    except ValueError as err:
+    except (ValueError, BenchSetupError) as err:
         raise UserError(f"--merge: {err}") from None
     except (TypeError, KeyError, AttributeError) as err:   # a field of an unexpected type or missing
         raise UserError(f"--merge: a report has an unexpected shape ({type(err).__name__}: {err}); "
