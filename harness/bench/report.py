@@ -40,16 +40,24 @@ def _ok(entries: list[dict]) -> list[dict]:
     return [e for e in entries if e.get("status") == "ok" and e.get("value") is not None]
 
 
+def official_row(refs: dict, entry: dict) -> dict | None:
+    """The official reference row of ``entry``'s setup (``model_cases.official_applies``), or None."""
+    from harness.bench.model_cases import official_applies
+
+    ref = refs.get((entry.get("backbone"), entry.get("method")))
+    return ref if ref is not None and official_applies(ref, entry) else None
+
+
 def official_comparison(report: dict, entry: dict | None, refs: dict) -> dict | None:
     """The official reference row's comparison with ``entry`` (a models entry of ``report``):
     ``model_cases.compare_official`` against the report's own CPU name and the entry's threads;
     None when no reference row is of the entry's setup (or it has no times)."""
-    from harness.bench.model_cases import compare_official, official_applies
+    from harness.bench.model_cases import compare_official
 
     if entry is None or entry.get("status") != "ok" or report.get("device") != "cpu":
         return None
-    ref = refs.get((entry.get("backbone"), entry.get("method")))
-    if ref is None or not official_applies(ref, entry):
+    ref = official_row(refs, entry)
+    if ref is None:
         return None
     compared = compare_official(ref, entry.get("values", {}), report.get("device_name"),
                                 entry.get("threads", report.get("threads")))
@@ -405,11 +413,10 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                            tablefmt="github", disable_numparse=True)]
 
     if report["models"]:
-        from harness.bench.model_cases import official_applies, official_reference
+        from harness.bench.model_cases import official_reference
 
         refs = official_reference() if report["device"] == "cpu" else {}
-        official = any((e.get("backbone"), e.get("method")) in refs
-                       and official_applies(refs[(e["backbone"], e["method"])], e) for e in report["models"])
+        official = any(official_row(refs, e) for e in report["models"])
         rows = []
         for e in report["models"]:
             v = e.get("values", {})
@@ -422,8 +429,7 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                    _mib(v.get("peak_train_memory_bytes")), _mib(v.get("peak_train_tensor_bytes")),
                    _mib(v.get("peak_eval_memory_bytes"))]
             if official:
-                o = refs.get((e.get("backbone"), e.get("method")))
-                o = o if o and official_applies(o, e) else None
+                o = official_row(refs, e)
                 c = official_comparison(report, e, refs) or {}
                 row.append(f"{o['train_step_s']:.2f} / {o['eval_step_s']:.2f} / "
                            f"{o['peak_train_memory_bytes'] / 1e9:.1f} GB" if o else "-")
