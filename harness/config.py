@@ -103,7 +103,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     label_smoothing: float = 0.0          # official formula: 1-eps on target, eps/(n-1) elsewhere
     amp: Literal["none", "bf16", "fp16"] = "none"   # CUDA only; ignored (noted) on CPU
-    compile: bool = False
+    compile: bool = False                 # torch.compile, static shapes (harness.train.compile_model)
     eval_every: int = 1
     eval_start: int = 1                   # first evaluated epoch (official: 1); the last always is
     vote: VoteConfig = field(default_factory=VoteConfig)

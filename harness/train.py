@@ -192,6 +192,19 @@ def adamw(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps:
                              fused=fused or None)
 
 
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile(model, dynamic=False)``: how ``train.compile`` and ``bench --compile on``
+    compile a model (same module, same parameters; the first call of each shape compiles).
+
+    Static shapes: a frame that meets a new input shape (a smaller last batch, eval's batch, a
+    method that runs one layer at several sizes in a forward) is compiled again for that shape,
+    up to ``torch._dynamo.config.recompile_limit`` (8) per frame, after which it runs eagerly.
+    torch's default instead recompiles such a frame once with symbolic sizes, and inductor
+    (torch 2.13) fails on that graph for GAPrompt ("cannot determine truth value of
+    Relational"); static graphs are also what CUDA graphs need."""
+    return torch.compile(model, dynamic=False)
+
+
 def param_group_names(model: nn.Module) -> tuple[list[str], list[str]]:
     """(no-decay names, decay names) with the rule of ``param_groups``."""
     nd, d = [], []
@@ -529,7 +542,7 @@ class _Run:
 
         fwd: nn.Module = net
         if cfg.train.compile:
-            fwd = torch.compile(fwd)
+            fwd = compile_model(fwd)
         self.engine = None
         if cfg.train.engine == "deepspeed":
             self._setup_deepspeed(net)

@@ -40,8 +40,8 @@ class Recomputable(nn.Module):
             raise ConfigError(f"recompute {mode!r} is not one of {RECOMPUTE_MODES}")
         self.recompute = mode
 
-    def _recomputes(self) -> bool:
-        if self.recompute == "off" or not torch.is_grad_enabled():
+    def _recomputes(self, args: tuple = ()) -> bool:
+        if self.recompute == "off" or not torch.is_grad_enabled() or not _needs_backward(self, args):
             return False
         return self.recompute == "all" or not any(p.requires_grad for p in self._weights())
 
@@ -49,7 +49,7 @@ class Recomputable(nn.Module):
         raise NotImplementedError
 
     def _run(self, fn, *args):
-        if self._recomputes():
+        if self._recomputes(args):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
@@ -61,6 +61,18 @@ class Recomputable(nn.Module):
 
     def _normed(self, norm: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
         return self._forward(norm(x), *args)
+
+
+def _needs_backward(layer: nn.Module, args: tuple) -> bool:
+    """Whether backward will reach this call: a tensor argument, or a parameter of the layer or
+    of a module argument (the pre-norm), requires grad. When none does (a frozen stretch of the
+    network, such as a linear probe's blocks), autograd saves nothing there and a checkpoint
+    would only add work; under ``torch.compile`` its region would also land in a graph compiled
+    for inference, whose rematerialisation pass refuses the attention kernel (tagged as seeded
+    random for its dropout argument)."""
+    modules = [layer] + [a for a in args if isinstance(a, nn.Module)]
+    return (any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+            or any(p.requires_grad for m in modules for p in m.parameters()))
 
 
 def set_recompute(model: nn.Module, mode: str) -> nn.Module:

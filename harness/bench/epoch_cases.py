@@ -103,7 +103,7 @@ def measure_epoch(spec: dict) -> dict:
     from harness.bench.common import PeakRSS, sync
     from harness.data import build_dataset
     from harness.data.transforms import point_all_for, sample_points, scale_and_translate
-    from harness.train import adamw
+    from harness.train import adamw, compile_model
     from models.classifier import build_model
 
     device = spec["device"]
@@ -124,7 +124,7 @@ def measure_epoch(spec: dict) -> dict:
         model.set_memory_bank(F.normalize(torch.randn(dim, PB_T50_RS_TRAIN), dim=0))
         notes.append(f"random memory bank ({dim} x {PB_T50_RS_TRAIN})")
     model.to(device).train()
-    fwd = torch.compile(model) if spec["compile"] else model
+    fwd = compile_model(model) if spec["compile"] else model
     opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
     amp = spec["precision"] == "bf16"
     point_all = point_all_for(spec["npoints"], ds[0][0].shape[0])
