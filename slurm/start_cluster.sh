@@ -104,26 +104,22 @@ fi
 export SLURM_CONF="$DIR/slurm.conf"
 
 # ---------------------------------------------------------------- helpers
-alive() {  # alive NAME: the pid recorded for NAME runs that program (not a zombie, not reused)
-    local f="$DIR/pids/$1" pid
-    [ -s "$f" ] || return 1
-    pid=$(cat "$f")
-    [ -r "/proc/$pid/stat" ] || return 1
-    [ "$(cut -d' ' -f3 "/proc/$pid/stat")" != Z ] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
-}
+# running, alive, spawn
+# shellcheck source=slurm/daemons.sh
+. "$HERE/daemons.sh"
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-show_logs() {  # the end of each daemon's log, in start order (the .out file holds stderr)
-    local name f
+show_logs() {  # the end of each daemon's log and stderr (.out), in start order
+    local name f log_file
     for name in munged mariadbd slurmdbd slurmctld slurmd; do
-        f="$DIR/log/$name.log"
-        if [ "$name" = mariadbd ]; then f="$DIR/log/mysqld.err"; fi
-        [ -s "$f" ] || f="$DIR/log/$name.out"
-        [ -s "$f" ] || continue
-        echo "----- last lines of $f" >&2
-        tail -n 8 "$f" >&2
+        log_file="$DIR/log/$name.log"
+        if [ "$name" = mariadbd ]; then log_file="$DIR/log/mysqld.err"; fi
+        for f in "$log_file" "$DIR/log/$name.out"; do  # .out: stderr (fatal errors, crashes)
+            [ -s "$f" ] || continue
+            echo "----- last lines of $f" >&2
+            tail -n 8 "$f" >&2
+        done
     done
 }
 
@@ -143,15 +139,6 @@ wait_for() {  # wait_for WHAT NAME COMMAND...: poll COMMAND until it succeeds; N
         sleep 0.2
     done
 }
-
-spawn() {  # spawn NAME CMD...: start CMD in its own session, record its pid as NAME
-    local name=$1; shift
-    setsid "$@" </dev/null >>"$DIR/log/$name.out" 2>&1 &
-    echo $! >"$DIR/pids/$name"
-}
-# setsid runs as a background job of this non-interactive shell, so it is not a process-group
-# leader and execs in place: $! is the daemon itself. Own session = Ctrl-C in the caller's
-# terminal does not reach it; stop_cluster.sh does.
 
 print_env() {
     {

@@ -14,10 +14,8 @@ DIR=${1:?usage: stop_cluster.sh DIR}
 [ -d "$DIR/pids" ] || { echo "[stop_cluster] nothing to stop in $DIR (no pids dir)" >&2; exit 0; }
 TIMEOUT=${STOP_TIMEOUT_S:-30}
 
-running() {  # running PID NAME: PID is alive (not a zombie) and its program is NAME
-    [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ] &&
-        [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]
-}
+# shellcheck source=slurm/daemons.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/daemons.sh"  # running
 
 # Cancel leftover jobs while slurmctld still answers, so their slurmstepd processes end too.
 if [ -s "$DIR/pids/slurmctld" ] && running "$(cat "$DIR/pids/slurmctld")" slurmctld; then
