@@ -16,7 +16,7 @@ import torch
 
 from harness.bench import model_cases, ops_cases, report as bench_report, tooling_cases, write_outputs
 from harness.bench import run_bench
-from harness.bench.common import ENTRY_STATUSES, STATUSES
+from harness.bench.common import ENTRY_STATUSES, STATUSES, cpu_name
 from harness.cli import bench as bench_cli
 from models import ops
 
@@ -328,8 +328,31 @@ def test_speed_targets_compare_with_the_official_reference_as_at_least(monkeypat
     assert rows[0]["official_cpu"]["eval_speedup"] == pytest.approx(ref[("point_bert", "full")]["eval_step_s"] / 0.5)
 
 
+ZEN5 = "AMD EPYC (family 26 model 2, AVX-512, 2 logical CPUs)"
+
+
+def cpuinfo(family: str, model: str, flags: str) -> str:
+    """/proc/cpuinfo of a 2-CPU VM that hides the generation in its model name."""
+    block = (f"processor\t: {{n}}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+             f"model name\t: AMD EPYC\nflags\t\t: fpu sse sse2 {flags}\n\n")
+    return block.format(n=0) + block.format(n=1)
+
+
+def test_the_cpu_name_tells_generations_that_share_a_model_name():
+    zen5 = cpu_name(cpuinfo("26", "2", "avx avx2 avx512f avx512_bf16"), logical_cpus=2)
+    zen2 = cpu_name(cpuinfo("23", "49", "avx avx2"), logical_cpus=2)
+    assert zen5 == ZEN5
+    assert zen2 == "AMD EPYC (family 23 model 49, AVX2, 2 logical CPUs)"
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm\nCPU implementer\t: 0x41\n\n"
+    assert cpu_name(arm, logical_cpus=4).endswith("(NEON, 4 logical CPUs)")
+    assert cpu_name("", logical_cpus=2).endswith("(2 logical CPUs)")  # no /proc/cpuinfo: what platform says
+
+
 @pytest.mark.parametrize("cpu, threads, why", [
     (XEON, 2, "this run on Intel(R) Xeon(R) Processor"),
+    # the reference's name does not record the generation: an "AMD EPYC" that names its own
+    # (every report since the name has it) is another CPU as far as a time ratio can tell
+    (ZEN5, 2, "they were measured on AMD EPYC (2 logical CPUs), this run on " + ZEN5),
     (AMD, 1, "they used 2 threads, this run 1"),
 ])
 def test_speed_targets_refuse_a_ratio_across_cpu_models_or_thread_counts(monkeypatch, cpu, threads, why):

@@ -158,18 +158,48 @@ class OpCounter(TorchDispatchMode):
 # ------------------------------------------------------------------ environment
 
 def device_name(device: str) -> str:
+    """The device as reports name it: the GPU's name, or the CPU's (``cpu_name``)."""
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} logical CPUs)"
+    return cpu_name()
+
+
+# Vector instruction sets, widest first, as /proc/cpuinfo flags name them.
+VECTOR_ISA = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sve", "SVE"), ("asimd", "NEON"))
+
+
+def cpu_name(cpuinfo: str | None = None, logical_cpus: int | None = None) -> str:
+    """``"<model name> (family F model M, <widest vector ISA>, N logical CPUs)"``, from
+    /proc/cpuinfo's first processor (``cpuinfo``: its text, for tests).
+
+    A virtual machine may show a model name without the generation ("AMD EPYC" was both an AVX2
+    machine and a family-26 machine with AVX-512 that ran the same training step 2x as fast), so
+    the family / model numbers and the vector ISA are part of the name: a time measured on one
+    CPU is compared only with a time on a CPU of the same name. The parts /proc/cpuinfo does not
+    have are left out (without it: ``platform.processor()`` and the logical CPU count only).
+    """
+    name, fields = platform.processor() or platform.machine(), {}
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", name)
+    details = []
+    if fields.get("cpu family") and fields.get("model"):
+        details.append(f"family {fields['cpu family']} model {fields['model']}")
+    flags = set(fields.get("flags", fields.get("Features", "")).split())
+    details += [label for flag, label in VECTOR_ISA if flag in flags][:1]
+    details.append(f"{os.cpu_count() if logical_cpus is None else logical_cpus} logical CPUs")
+    return f"{name} ({', '.join(details)})"
 
 
 def check_device(device: str) -> None:
