@@ -450,6 +450,9 @@ def _resolve(cfg: RunConfig, sources: dict) -> RunConfig:
     _check(t.eval_every >= 1, "train.eval_every", sources, "must be >= 1")
     _check(t.eval_start >= 0, "train.eval_start", sources, "must be >= 0")
     _check(t.vote.votes >= 1 and t.vote.repeats >= 1, "train.vote", sources, "votes and repeats must be >= 1")
+    _check(not (t.compile and t.engine == "deepspeed"), "train.compile", sources,
+           "true is not supported with train.engine: deepspeed (the DeepSpeed engine wraps the uncompiled "
+           "model); set train.compile: false or train.engine: ddp")
     _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", sources, f"must be 0..3, got {t.zero_stage}")
     _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
            sources, "must be >= 1 or null")

@@ -8,9 +8,12 @@
 # called a daemon that was still starting dead (seen on a loaded CI machine: "slurmctld exited
 # while waiting for slurmctld to answer" with slurmctld running).
 
-running() {  # running PID NAME: PID is alive (not a zombie) and runs the program NAME
-    [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ] &&
-        [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]
+live() {  # live PID: the process exists and is not a zombie
+    [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
+running() {  # running PID NAME: PID is live and runs the program NAME
+    live "$1" && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]
 }
 
 alive() {  # alive NAME: the pid recorded in $DIR/pids/NAME runs NAME
@@ -25,10 +28,14 @@ spawn() {  # spawn NAME CMD...: start CMD in its own session, record its pid as 
     echo "$pid" >"$DIR/pids/$name"
     deadline=$((SECONDS + ${TIMEOUT:-60}))
     # until it runs NAME, has exited (alive then says so), or the start timeout is spent
-    while [ -r "/proc/$pid/stat" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] &&
-        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != "$name" ] && [ "$SECONDS" -lt "$deadline" ]; do
+    while live "$pid" && ! running "$pid" "$name" && [ "$SECONDS" -lt "$deadline" ]; do
         sleep 0.02
     done
+    if live "$pid" && ! running "$pid" "$name"; then
+        # still in its launcher: stop it, or it would exec later, unrecorded, holding the ports
+        kill -KILL "$pid" 2>/dev/null
+        echo "[daemons] $name: its launcher did not exec it within ${TIMEOUT:-60} s; stopped it" >&2
+    fi
 }
 # setsid runs as a background job of a non-interactive shell, so it is not a process-group
 # leader and execs in place: $! is the daemon itself. Own session = Ctrl-C in the caller's

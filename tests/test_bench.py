@@ -346,13 +346,16 @@ def test_the_cpu_name_tells_generations_that_share_a_model_name():
     arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm\nCPU implementer\t: 0x41\n\n"
     assert cpu_name(arm, logical_cpus=4).endswith("(NEON, 4 logical CPUs)")
     assert cpu_name("", logical_cpus=2).endswith("(2 logical CPUs)")  # no /proc/cpuinfo: what platform says
+    assert not cpu_name("model name\t: \n", logical_cpus=2).startswith(" ")  # an empty name: platform's
+    assert model_cases.device_name("cpu") == cpu_name()  # what reports and the official comparison use
 
 
 @pytest.mark.parametrize("cpu, threads, why", [
     (XEON, 2, "this run on Intel(R) Xeon(R) Processor"),
     # the reference's name does not record the generation: an "AMD EPYC" that names its own
     # (every report since the name has it) is another CPU as far as a time ratio can tell
-    (ZEN5, 2, "they were measured on AMD EPYC (2 logical CPUs), this run on " + ZEN5),
+    (cpu_name(cpuinfo("26", "2", "avx2 avx512f"), logical_cpus=2), 2,
+     "they were measured on AMD EPYC (2 logical CPUs), this run on " + ZEN5),
     (AMD, 1, "they used 2 threads, this run 1"),
 ])
 def test_speed_targets_refuse_a_ratio_across_cpu_models_or_thread_counts(monkeypatch, cpu, threads, why):

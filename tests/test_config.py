@@ -83,6 +83,7 @@ def test_unknown_key_in_a_base_names_the_base(chain, tmp_path):
     ("data.dataset=shapenet", "data.dataset: unknown dataset 'shapenet'"),
     ("data.npoints=300", "data.npoints: 300 has no official point_all"),
     ("train.nope=1", "--set: unknown key 'train.nope'"),
+    ("train.compile=true train.engine=deepspeed", "train.compile: true is not supported with train.engine: deepspeed"),
 ])
 def test_bad_values_are_one_line_errors(chain, override, expected):
     with pytest.raises(ConfigError) as err:

@@ -192,7 +192,7 @@ def cpu_name(cpuinfo: str | None = None, logical_cpus: int | None = None) -> str
             continue
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name", name)
+    name = fields.get("model name") or name
     details = []
     if fields.get("cpu family") and fields.get("model"):
         details.append(f"family {fields['cpu family']} model {fields['model']}")

@@ -451,8 +451,8 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                   "allocations excluded; on a GPU each launches about one kernel); one fresh process per row. Memory: " + mem + "."
                   + (" Official figures: the reference file results/reference/official_cpu_speed.csv, measured "
                      "once on a 2-core machine (the official code is not shipped, so not re-measured); "
-                     "ours vs official = official s / ours, computed only on the CPU model and thread count "
-                     "they were measured with." if official else ""),
+                     "ours vs official = official s / ours, computed only on the CPU they name (model name, "
+                     "family / model, vector ISA, logical CPUs, as this report names its own) and their thread count." if official else ""),
                   tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)]
         levers = lever_rows(report["models"])
         if levers:

@@ -25,7 +25,8 @@ Measure how fast and how light the project is, and score it against its targets
            kept heap included) and live tensors of one profiled step (what a GPU's peak
            counts); Point-PEFT also with each memory lever switched off; on the CPU beside the
            official code's reference figures (results/reference/official_cpu_speed.csv; the
-           ratio only on their CPU and thread count: model name, family / model, vector ISA)
+           ratio only on the CPU they name and their thread count: the file names its CPU
+           without family / model / vector ISA, which a run names, so no ratio today)
   tooling  expand + dry-run submit of a 1,000-run matrix; status of 1,000 SLURM runs; tables
            from 100,000 result records
   epoch    (--epoch) a real training epoch of PB_T50_RS size (11,416 clouds of 2,048 points,
