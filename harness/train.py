@@ -201,7 +201,14 @@ def compile_model(model: nn.Module) -> nn.Module:
     up to ``torch._dynamo.config.recompile_limit`` (8) per frame, after which it runs eagerly.
     torch's default instead recompiles such a frame once with symbolic sizes, and inductor
     (torch 2.13) fails on that graph for GAPrompt ("cannot determine truth value of
-    Relational"); static graphs are also what CUDA graphs need."""
+    Relational"); static graphs are also what CUDA graphs need.
+
+    Guards on module hooks are switched on for the process (``torch._dynamo.config.
+    skip_nnmodule_hook_guards = False``). torch skips them by default, and then a frame compiled
+    for one model runs a later model of the same classes and shapes as if it had the first one's
+    hooks: a compiled SSF or DAPT model (scale and shift in forward hooks) after a linear probe
+    in one process ran without its scale and shift, with no error."""
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
     return torch.compile(model, dynamic=False)
 
 

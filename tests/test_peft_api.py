@@ -9,6 +9,7 @@ from models.errors import CheckpointError, ConfigError
 from models.peft import registry
 from models.peft.adapter_io import adapter_keys, backbone_hash, load_adapter, save_adapter
 from models.peft.base import Method, trainable_summary
+from small_models import ALL_CASES, small_case, train_step
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::models.peft.point_peft.model.MissingMemoryBankWarning")]
@@ -75,3 +76,16 @@ def test_adapter_roundtrip_and_refusals(tmp_path):
     (tmp_path / "junk.pt").write_text("x")
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_adapter(fresh, tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("backbone, method", ALL_CASES)
+def test_every_method_trains_in_float64(backbone, method):
+    """A model cast with ``.double()`` trains in float64 throughout (tensors a method builds
+    itself, such as PointGST's float32 graph basis, follow the tokens' dtype) and gives the
+    float32 model's loss."""
+    model, pts, labels = small_case(backbone, method)
+    loss32, _ = train_step(model, model, pts, labels)
+    model.double()
+    loss64, grads64 = train_step(model, model, pts.double(), labels)
+    assert loss64.dtype == grads64.dtype == torch.float64 and torch.isfinite(grads64).all()
+    assert abs(loss64.item() - loss32.item()) <= 1e-4 * abs(loss64.item())
