@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import torch
+
 from harness.train import compile_model
 from models import layers
 from small_models import ALL_CASES, small_case, train_step

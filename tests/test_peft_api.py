@@ -14,7 +14,7 @@ from small_models import ALL_CASES, small_case, train_step
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore::models.peft.point_peft.model.MissingMemoryBankWarning")]
 
-SMALL = dict(num_group=16, group_size=8, depth=2, drop_path_rate=0.0)
+SMALL = dict(num_group=16, group_size=8, depth=2, drop_path_rate=0.0)  # this file's (small_models has its own)
 PEFT_SMALL = dict(SMALL, depth=6)
 
 
@@ -80,9 +80,9 @@ def test_adapter_roundtrip_and_refusals(tmp_path):
 
 @pytest.mark.parametrize("backbone, method", ALL_CASES)
 def test_every_method_trains_in_float64(backbone, method):
-    """A model cast with ``.double()`` trains in float64 throughout (tensors a method builds
-    itself, such as PointGST's float32 graph basis, follow the tokens' dtype) and gives the
-    float32 model's loss."""
+    """A model cast with ``.double()`` runs a training step (tensors a method builds itself,
+    such as PointGST's float32 graph basis, meet the tokens in their dtype): its loss and
+    gradients are float64, with the float32 model's loss."""
     model, pts, labels = small_case(backbone, method)
     loss32, _ = train_step(model, model, pts, labels)
     model.double()

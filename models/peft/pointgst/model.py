@@ -153,7 +153,7 @@ class PCSA(nn.Module):
             nn.init.zeros_(t)
 
     def _spectral(self, u: torch.Tensor, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        u = u.to(x.dtype)  # the basis is float32 (as official); a float64 or bf16 model's tokens
+        u = u.to(x.dtype)  # the basis is float32 (as official); cast to the tokens' dtype (float64, bf16)
         forward, inverse = (u, u.transpose(-1, -2)) if self.transform == "U" else (u.transpose(-1, -2), u)
         f = forward @ x
         f = f + F.silu(self.adapt1(norm(f)))
