@@ -581,3 +581,28 @@ def test_shared_files_follow_the_umask(tmp_path, mn40_root):
 def test_os_error_text_names_the_file():
     err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/checkpoint.pt")
     assert checkpointing.os_error_text(err) == "no space left on device: /runs/x/checkpoint.pt"
+
+
+def test_every_declared_dependency_has_its_import_name():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    from harness.cli import DEPENDENCIES
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {d.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+             for d in declared}
+    assert set(DEPENDENCIES.values()) == names
+
+
+@pytest.mark.parametrize("command, module", [("bench", "torch"), ("tables", "pandas"), ("submit", "yaml")])
+def test_a_dependency_missing_from_the_interpreter_is_one_line(command, module):
+    """run_all.py under a Python without the project's packages (its venv not active) says so."""
+    code = (f"import sys, runpy; sys.modules[{module!r}] = None; sys.argv = ['run_all.py', {command!r}, '--help']; "
+            "runpy.run_path('run_all.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"(import {module}) is not installed for {sys.executable}" in proc.stderr
+
+
+def test_an_undeclared_missing_module_is_not_called_a_missing_dependency():
+    from harness.cli import missing_dependency_line
+    assert missing_dependency_line(ModuleNotFoundError("x", name="pointnet2_ops")) is None
+    assert "pyyaml" in missing_dependency_line(ModuleNotFoundError("x", name="yaml.cyaml"))

@@ -24,6 +24,23 @@ of pre-trained point-cloud transformers (Point-BERT, Point-MAE, Point-M2AE).
 Run `python run_all.py COMMAND --help` for the options of one command."""
 
 
+# import name -> distribution, for each of pyproject.toml's dependencies (tests check both lists)
+DEPENDENCIES = {"torch": "torch", "numpy": "numpy", "submitit": "submitit", "yaml": "pyyaml",
+                "pandas": "pandas", "tabulate": "tabulate", "h5py": "h5py", "tqdm": "tqdm",
+                "matplotlib": "matplotlib", "orjson": "orjson", "msgspec": "msgspec"}
+
+
+def missing_dependency_line(err: ModuleNotFoundError) -> str | None:
+    """One line for a declared dependency that this interpreter cannot import (the project not
+    installed in it, or its virtual environment not active); None for any other module."""
+    name = (err.name or "").partition(".")[0]
+    if name not in DEPENDENCIES:
+        return None
+    return (f"error: the package {DEPENDENCIES[name]} (import {name}) is not installed for "
+            f"{sys.executable}; activate the project's virtual environment, or install the project "
+            f"into this one with pip install -e \".[dev]\" (README, Quick start)")
+
+
 class UserError(BenchError):
     """A problem with the user's input on the command line."""
 
@@ -80,6 +97,13 @@ def run_command(func, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(MODULE_OF.get(argv[0]) if argv else None)
-    args = parser.parse_args(argv)
-    return run_command(args.func, args)
+    try:
+        parser = build_parser(MODULE_OF.get(argv[0]) if argv else None)
+        args = parser.parse_args(argv)
+        return run_command(args.func, args)
+    except ModuleNotFoundError as err:
+        line = missing_dependency_line(err)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 1
