@@ -38,7 +38,7 @@ def missing_dependency_line(err: ModuleNotFoundError) -> str | None:
         return None
     return (f"error: the package {DEPENDENCIES[name]} (import {name}) is not installed for "
             f"{sys.executable}; activate the project's virtual environment, or install the project "
-            f"into this one with pip install -e \".[dev]\" (README, Quick start)")
+            "into this one with pip install -e \".[dev]\" (README, Quick start)")
 
 
 class UserError(BenchError):
