@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import json
 import re
+import subprocess
 
 import pytest
 import torch
@@ -489,6 +490,30 @@ def test_point_peft_cases_measure_each_memory_lever_switched_and_the_table_compa
     assert [r[2] for r in rows] == [name for name, *_ in model_cases.LEVERS]
     assert rows[0][3] == "2.000 / 1.600 s (1.25x)" and "(0.33x)" in rows[0][4]
     assert rows[1][3] == "2.000 / 1.900 s (1.05x)" and "(0.67x)" in rows[1][4]
+
+
+def test_full_cpu_runs_measure_the_huge_page_default_switched_off_in_the_measuring_process(monkeypatch):
+    full = model_cases.model_specs("cpu", quick=False, backbones=["point_bert"], methods=["full", "point_peft"])
+    off = [s for s in full if s["variant"] == "huge pages off"]
+    assert [s["method"] for s in off] == ["full", "point_peft"]
+    assert all(s["env"] == {"THP_MEM_ALLOC_ENABLE": "0"} for s in off)
+    assert all(s["env"] == {} for s in full if s["variant"] != "huge pages off")
+    for device, quick in (("cpu", True), ("cuda", False)):  # a smoke run, and a GPU's allocator
+        assert not [s for s in model_cases.model_specs(device, quick=quick) if s["variant"] == "huge pages off"]
+    seen = []
+
+    def fake_run(cmd, env, **kwargs):
+        seen.append(env.get("THP_MEM_ALLOC_ENABLE"))
+        raise subprocess.TimeoutExpired(cmd, 1)
+    monkeypatch.setattr(model_cases.subprocess, "run", fake_run)
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    entries = model_cases.run_specs([s for s in full if s["method"] == "full"], log=lambda *_: None)
+    assert seen == ["1", "0"] and [e["variant"] for e in entries] == [None, "huge pages off"]
+    rows = bench_report.lever_rows([model_cases._entry(s, "ok", "", {
+        "train_step_s": t, "eval_step_s": 1.0, "train_samples_per_s": 32 / t, "eval_samples_per_s": 32.0,
+        "peak_train_memory_bytes": 2**30, "train_times": [t], "eval_times": [1.0], "memory_method": "m",
+        "threads": 2, "notes": []}) for s, t in zip([s for s in full if s["method"] == "full"], (3.0, 4.0))])
+    assert rows[0][2] == "huge pages off" and rows[0][3] == "3.000 / 4.000 s (0.75x)" and "THP_MEM_ALLOC_ENABLE" in rows[0][6]
 
 
 def test_op_counter_counts_working_ops_not_views_or_allocations():

@@ -4,6 +4,7 @@ built from the epoch part's own entry maker."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -148,6 +149,34 @@ def test_step_profile_times_fps_and_refuses_unknown_names(capsys):
     assert step_profile.main(["--backbone", "point_mae,nope"]) == 2
     assert "unknown backbone(s) ['nope']" in capsys.readouterr().err
     assert step_profile.main(["--method", "lora9"]) == 2
+
+
+def test_product_shares_split_the_self_time_into_products_attention_and_the_rest():
+    from types import SimpleNamespace as Event
+
+    from harness.bench.step_profile import product_shares
+
+    events = [Event(key="aten::mm", self_cpu_time_total=500.0), Event(key="aten::addmm", self_cpu_time_total=100.0),
+              Event(key="aten::_scaled_dot_product_flash_attention_for_cpu", self_cpu_time_total=100.0),
+              Event(key="aten::_scaled_dot_product_flash_attention_for_cpu_backward", self_cpu_time_total=100.0),
+              Event(key="aten::gelu", self_cpu_time_total=200.0)]
+    products, attention, total = product_shares(events)
+    assert (products, attention) == pytest.approx((0.6, 0.2)) and total == pytest.approx(1e-3)
+    assert product_shares([]) == (0.0, 0.0, 0.0)
+
+
+def test_step_profile_reports_the_product_share_of_a_training_step_and_an_eval_forward(capsys):
+    from harness.bench import step_profile
+
+    assert step_profile.main(["--device", "cpu", "--batch", "2", "--repeats", "1", "--backbone", "point_bert",
+                              "--method", "full", "--profile"]) == 0
+    shares = [line for line in capsys.readouterr().out.splitlines() if "matrix products" in line]
+    assert [line.split(":")[0] for line in shares] == ["point_bert/full training step", "point_bert/full eval forward"]
+    for line in shares:  # e.g. "... matrix products 71% of the self CPU time, attention kernel 2%, ... at most 1.37x"
+        products, attention = int(re.search(r"products (\d+)%", line)[1]), int(re.search(r"kernel (\d+)%", line)[1])
+        assert 20 <= products <= 100 and 0 <= attention < 50, line
+        bound = float(re.search(r"at most ([\d.]+)x", line)[1])
+        assert bound == pytest.approx(100 / (products + attention), rel=0.05), line
 
 
 def _valid():

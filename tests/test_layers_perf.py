@@ -4,7 +4,9 @@
   second stage computed per group (and in chunks without autograd): same values as the
   official Conv1d formulation, same gradients;
 * the ``recompute`` lever (activation recomputation of frozen sub-layers) changes no value or
-  gradient, bit for bit, and keeps fewer activations for backward.
+  gradient, bit for bit, and keeps fewer activations for backward;
+* importing the harness puts PyTorch's large CPU blocks on transparent huge pages (the allocator
+  default ``THP_MEM_ALLOC_ENABLE=1``, which the environment can override).
 """
 from __future__ import annotations
 
@@ -256,3 +258,54 @@ def test_point_peft_runs_under_bf16_autocast_train_and_eval():
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+
+def _huge_pages_in_fresh_process(prelude: str, env_value: str | None) -> tuple[str, int]:
+    """(THP_MEM_ALLOC_ENABLE as the process ends up with it, KiB of a written 16 MiB CPU tensor on
+    transparent huge pages, from /proc/self/smaps) in a fresh interpreter that runs ``prelude``
+    first; ``env_value`` None = variable unset."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if env_value is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = env_value
+    code = prelude + """
+import os, harness, torch
+x = torch.empty(1 << 22).fill_(1)
+huge, here = 0, False
+for line in open("/proc/self/smaps"):
+    head = line.split()[0]
+    if not head.endswith(":"):
+        lo, hi = (int(v, 16) for v in head.split("-"))
+        here = lo <= x.data_ptr() < hi
+    elif here and head == "AnonHugePages:":
+        huge = int(line.split()[1])
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"), huge)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=120, check=True)
+    value, huge = out.stdout.split()
+    return value, int(huge)
+
+
+def _huge_pages_on_request() -> bool:
+    """The kernel gives transparent huge pages where a program asks (madvise), not everywhere or never."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[madvise]" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _huge_pages_on_request(), reason="transparent huge pages are not 'madvise' here")
+def test_importing_the_harness_puts_large_cpu_tensors_on_huge_pages_unless_told_not_to():
+    value, huge = _huge_pages_in_fresh_process("", None)
+    assert value == "1" and huge >= 8 << 10      # most of the 16 MiB
+    assert _huge_pages_in_fresh_process("", "0") == ("0", 0)   # the user's choice is kept
+    # PyTorch reads the variable at its first CPU allocation: a process that allocated before
+    # importing the harness keeps 4 KiB pages
+    assert _huge_pages_in_fresh_process("import torch; torch.ones(1)", None) == ("1", 0)

@@ -58,6 +58,15 @@ LEVERS = (
 )
 LEVER_METHODS = ("point_peft",)
 
+# Process-wide levers, set in the measuring process's environment and measured on the CPU in full
+# (not --quick) runs: (name, environment, methods, what it shows).
+ENV_LEVERS = (
+    ("huge pages off", {"THP_MEM_ALLOC_ENABLE": "0"}, ("full", "point_peft"),
+     "THP_MEM_ALLOC_ENABLE 1 (set by the harness unless the environment sets it) vs 0: PyTorch's CPU "
+     "blocks of 2 MiB or more on transparent huge pages vs 4 KiB pages (fewer page faults when a "
+     "step re-allocates its large activations)"),
+)
+
 
 def official_reference(path=None) -> dict:
     """{(backbone, method): row} of the official CPU figures (``OFFICIAL_CPU_CSV``); {} if absent.
@@ -111,18 +120,20 @@ def model_specs(device: str, quick: bool, backbones=None, methods=None, threads:
         for method, entry in METHODS.items():  # the method registry, in table order
             if (methods and method not in methods) or not entry.supports(backbone):
                 continue
-            variants = [(None, {}, {})]
+            variants = [(None, {}, {}, {})]
             if method in LEVER_METHODS:
-                variants += [(name, b_opts, m_opts) for name, b_opts, m_opts, _ in LEVERS]
+                variants += [(name, b_opts, m_opts, {}) for name, b_opts, m_opts, _ in LEVERS]
+            if device == "cpu" and not quick:
+                variants += [(name, {}, {}, env) for name, env, on, _ in ENV_LEVERS if method in on]
             for precision in precisions:
-                for variant, options, method_options in variants:
+                for variant, options, method_options, env in variants:
                     specs.append({"backbone": backbone, "method": method, "family": FAMILY,
                                   "num_classes": NUM_CLASSES, "npoints": default_npoints(backbone, FAMILY),
                                   "batch": batch, "precision": precision, "device": device,
                                   "warmup": warmup, "steps": steps, "eval_warmup": warmup,
                                   "eval_steps": eval_steps, "bank_columns": BANK_COLUMNS, "seed": 0,
                                   "backbone_options": dict(options), "method_options": dict(method_options), "threads": threads,
-                                  "variant": variant})
+                                  "variant": variant, "env": dict(env)})
     return specs
 
 
@@ -331,8 +342,9 @@ def run_models(device: str, quick: bool, log=print, backbones=None, methods=None
 
 
 def run_specs(specs: list[dict], log=print, timeout_s: float = 3600, entries: list | None = None) -> list[dict]:
-    """Measure each spec in a fresh ``python -m harness.bench --one`` process; each entry is
-    appended to ``entries`` (a new list by default) as its case finishes."""
+    """Measure each spec in a fresh ``python -m harness.bench --one`` process (this process's
+    environment, updated by the spec's ``env``); each entry is appended to ``entries`` (a new
+    list by default) as its case finishes."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     entries = [] if entries is None else entries
@@ -340,7 +352,7 @@ def run_specs(specs: list[dict], log=print, timeout_s: float = 3600, entries: li
         cmd = [sys.executable, "-m", "harness.bench", "--one", json.dumps(spec)]
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.run(cmd, cwd=ROOT, env={**env, **spec.get("env", {})}, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             entries.append(_entry(spec, "error", f"error: timed out after {timeout_s:.0f} s"))
             log(f"models: {case_name(spec)} timed out")

@@ -461,7 +461,8 @@ def render_markdown(report: dict, level: int = 2, command: str | None = None) ->
                       "build vs the build with the lever switched. Always on (no cost, so no switch): frozen "
                       "linear layers save no input (autograd keeps only what the required gradients need); "
                       "the frozen patch encoder runs without autograd, in chunks of groups; the geometric "
-                      "branch's group max keeps its argmax as uint8.",
+                      "branch's group max keeps its argmax as uint8. \"huge pages off\" is a process-wide allocator "
+                      "setting (the measuring process's environment), measured for full fine-tuning too.",
                       tabulate(levers, headers=["backbone", "method", "lever", "train step: default / variant",
                                                 "peak train memory: default / variant",
                                                 "peak train tensors: default / variant", "what"],
@@ -527,9 +528,9 @@ def _pair(a: dict, b: dict, key: str) -> str:
 
 def lever_rows(models: list[dict]) -> list[list[str]]:
     """Lever variant vs default rows (same backbone, method, precision, batch) for the markdown."""
-    from harness.bench.model_cases import LEVERS
+    from harness.bench.model_cases import ENV_LEVERS, LEVERS
 
-    what = {name: text for name, _, _, text in LEVERS}
+    what = {name: text for name, _, _, text in LEVERS} | {name: text for name, _, _, text in ENV_LEVERS}
     rows = []
     for e in models:
         if not e.get("variant") or e.get("status") != "ok":

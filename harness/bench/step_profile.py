@@ -10,7 +10,11 @@ Not part of the scored bench. Prints, for one device:
   scale-and-translate, and without it (the first ``npoints`` points); peak allocated GiB on CUDA;
 * with ``--profile``: the PyTorch profiler's top ops of two steps (without the data FPS) by
   self device time and by CPU time with their call counts: a step that launches thousands of
-  small kernels shows up as CPU time far above device time.
+  small kernels shows up as CPU time far above device time; and, for a training step and an
+  eval forward, the share of the self time spent in dense matrix products (``PRODUCT_OPS``) and
+  in the attention kernel. Those products are the same multiply-adds in any implementation of
+  the same network, so the rest of the step bounds what code changes can gain at the same
+  numerics: with products a share s of the step, removing everything else makes it 1 / s as fast.
 
 Example (a GPU node): ``python -m harness.bench.step_profile --backbone point_mae --profile``.
 """
@@ -19,6 +23,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+
+# Self time of these ATen / oneDNN ops is "matrix products" in the --profile summary: GEMMs
+# (linear layers, 1x1 convolutions run as linears, einsum / matmul), oneDNN's inner product,
+# and convolutions. The fused attention kernels are reported apart (softmax and masking inside).
+PRODUCT_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
+                         "mkldnn::_linear_pointwise", "aten::mkldnn_convolution",
+                         "aten::convolution_backward", "aten::_convolution"})
+ATTENTION_PREFIX = "aten::_scaled_dot_product"
+
+
+def product_shares(events) -> tuple[float, float, float]:
+    """(matrix-product share, attention-kernel share, total self seconds) of a profile's
+    ``key_averages()`` on the CPU: self CPU time of ``PRODUCT_OPS`` and of the fused attention
+    ops (forward and backward) over all ops' self CPU time."""
+    total = sum(e.self_cpu_time_total for e in events)
+    if total <= 0:
+        return 0.0, 0.0, 0.0
+    products = sum(e.self_cpu_time_total for e in events if e.key in PRODUCT_OPS)
+    attention = sum(e.self_cpu_time_total for e in events if e.key.startswith(ATTENTION_PREFIX))
+    return products / total, attention / total, total / 1e6
 
 
 def _timer(device: str):
@@ -69,6 +94,13 @@ def make_step(backbone: str, method: str, device: str, batch: int):
         F.cross_entropy(logits.float(), labels).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    def eval_forward() -> None:
+        model.eval()
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            model(raw[:, :npoints])
+        model.train()
+    step.eval_forward = eval_forward
     return step
 
 
@@ -132,6 +164,17 @@ def main(argv: list[str] | None = None) -> int:
                 if device == "cuda":
                     print(table.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
                 print(table.table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))
+                if device == "cpu":
+                    step.eval_forward()  # warm-up (the eval path's first call)
+                    with profile(activities=acts) as prof_eval:
+                        step.eval_forward()
+                        step.eval_forward()
+                    for what, events in (("training step", table), ("eval forward", prof_eval.key_averages())):
+                        products, attention, total = product_shares(events)
+                        print(f"{backbone}/{method} {what}: matrix products {products:.0%} of the self CPU time, "
+                              f"attention kernel {attention:.0%}, everything else {1 - products - attention:.0%} "
+                              f"({total:.2f} s over two); at most {1 / max(products + attention, 1e-9):.2f}x "
+                              "as fast with everything but the products and attention gone", flush=True)
     return 0
 
 
