@@ -12,9 +12,11 @@ Not part of the scored bench. Prints, for one device:
   self device time and by CPU time with their call counts: a step that launches thousands of
   small kernels shows up as CPU time far above device time; and, for a training step and an
   eval forward, the share of the self time spent in dense matrix products (``PRODUCT_OPS``) and
-  in the attention kernel. Those products are the same multiply-adds in any implementation of
-  the same network, so the rest of the step bounds what code changes can gain at the same
-  numerics: with products a share s of the step, removing everything else makes it 1 / s as fast.
+  in the attention kernel, and the multiply-adds of a training step per cloud beside those of
+  the official patch-encoder form (``multiply_adds``). Those products are the same
+  multiply-adds in any implementation of the same network, so the rest of the step bounds what
+  code changes can gain at the same numerics: with products a share s of the step, removing
+  everything else makes it 1 / s as fast.
 
 Example (a GPU node): ``python -m harness.bench.step_profile --backbone point_mae --profile``.
 """
@@ -44,6 +46,42 @@ def product_shares(events) -> tuple[float, float, float]:
     products = sum(e.self_cpu_time_total for e in events if e.key in PRODUCT_OPS)
     attention = sum(e.self_cpu_time_total for e in events if e.key.startswith(ATTENTION_PREFIX))
     return products / total, attention / total, total / 1e6
+
+
+def multiply_adds(backbone: str, method: str) -> tuple[float, float]:
+    """Multiply-adds per cloud of one training step (forward and backward, batch 2, CPU, counted by
+    ``torch.utils.flop_counter``): (this project's model, the same model with its patch encoders
+    in the official form). The official ``Encoder`` runs the second stage's first 1x1 conv on
+    [global; local] for every point; ``MiniPointNet._encode`` runs the global half once per
+    group (same maths). Other differences from the official code (its Point-PEFT's query
+    encoder, say) are not counted."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models import layers
+    from models.classifier import build_model, default_npoints
+
+    def official_form(self, rows: torch.Tensor) -> torch.Tensor:
+        n, k, c = rows.shape
+        feat = layers._channels_last(self.first_conv, rows.reshape(n * k, c)).view(n, k, -1)
+        feat = torch.cat([feat.max(dim=1).values[:, None].expand(-1, k, -1), feat], dim=-1)
+        return layers._channels_last(self.second_conv, feat.view(n * k, -1)).view(n, k, -1).max(dim=1).values
+
+    counts = []
+    for encode in (layers.MiniPointNet._encode, official_form):
+        torch.manual_seed(0)
+        model = build_model(backbone, 15, method=method, family="scan")
+        if hasattr(model, "set_memory_bank"):
+            model.set_memory_bank(F.normalize(torch.randn(int(model.query_dim), 64), dim=0))
+        model.train()
+        for enc in (m for m in model.modules() if isinstance(m, layers.MiniPointNet)):
+            enc._encode = encode.__get__(enc)
+        pts = torch.rand(2, default_npoints(backbone, "scan"), 3)
+        with FlopCounterMode(display=False) as counter:
+            F.cross_entropy(model(pts), torch.tensor([0, 1])).backward()
+        counts.append(counter.get_total_flops() / 2 / 2)   # 2 FLOPs per multiply-add, 2 clouds
+    return counts[0], counts[1]
 
 
 def _timer(device: str):
@@ -165,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(table.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
                 print(table.table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))
                 if device == "cpu":
+                    ours, official = multiply_adds(backbone, method)
+                    print(f"{backbone}/{method}: {ours / 1e9:.2f} G multiply-adds per cloud per training step, "
+                          f"{official / 1e9:.2f} G with the official patch-encoder form ({ours / official:.2f}x)",
+                          flush=True)
                     step.eval_forward()  # warm-up (the eval path's first call)
                     with profile(activities=acts) as prof_eval:
                         step.eval_forward()
