@@ -3,8 +3,8 @@
 Depends on ``models``; ``models`` never imports from here.
 
 Importing the harness sets ``THP_MEM_ALLOC_ENABLE=1`` in the environment unless it is already set
-(``THP_MEM_ALLOC_ENABLE=0`` keeps PyTorch's default). With it PyTorch's CPU allocator aligns every
-block of 2 MiB or more to 2 MiB and asks the kernel for transparent huge pages there, so a large
+(``THP_MEM_ALLOC_ENABLE=0`` keeps PyTorch's default). With it PyTorch's CPU allocator asks the
+kernel for transparent huge pages (``madvise``) for every block of 2 MiB or more, so a large
 tensor's memory faults in 2 MiB at a time instead of 4 KiB: a training step frees and re-allocates
 its activations, hundreds of MiB each, and on 4 KiB pages the page faults of one 1 GiB tensor
 took 0.26 s. PyTorch reads the variable once, at the process's first CPU allocation: set here, it

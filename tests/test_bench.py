@@ -500,6 +500,9 @@ def test_full_cpu_runs_measure_the_huge_page_default_switched_off_in_the_measuri
     assert all(s["env"] == {} for s in full if s["variant"] != "huge pages off")
     for device, quick in (("cpu", True), ("cuda", False)):  # a smoke run, and a GPU's allocator
         assert not [s for s in model_cases.model_specs(device, quick=quick) if s["variant"] == "huge pages off"]
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")   # a run that is the lever already: 0 vs 0 would say nothing
+    assert not [s for s in model_cases.model_specs("cpu", quick=False, backbones=["point_bert"],
+                                                   methods=["full"]) if s["variant"] == "huge pages off"]
     seen = []
 
     def fake_run(cmd, env, **kwargs):

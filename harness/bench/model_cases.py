@@ -59,7 +59,8 @@ LEVERS = (
 LEVER_METHODS = ("point_peft",)
 
 # Process-wide levers, set in the measuring process's environment and measured on the CPU in full
-# (not --quick) runs: (name, environment, methods, what it shows).
+# (not --quick) runs where this process's environment is not already the lever's: (name,
+# environment, methods, what it shows).
 ENV_LEVERS = (
     ("huge pages off", {"THP_MEM_ALLOC_ENABLE": "0"}, ("full", "point_peft"),
      "THP_MEM_ALLOC_ENABLE 1 (set by the harness unless the environment sets it) vs 0: PyTorch's CPU "
@@ -123,8 +124,9 @@ def model_specs(device: str, quick: bool, backbones=None, methods=None, threads:
             variants = [(None, {}, {}, {})]
             if method in LEVER_METHODS:
                 variants += [(name, b_opts, m_opts, {}) for name, b_opts, m_opts, _ in LEVERS]
-            if device == "cpu" and not quick:
-                variants += [(name, {}, {}, env) for name, env, on, _ in ENV_LEVERS if method in on]
+            if device == "cpu" and not quick:  # unless this environment is the lever's already
+                variants += [(name, {}, {}, env) for name, env, on, _ in ENV_LEVERS if method in on
+                             and any(os.environ.get(k) != v for k, v in env.items())]
             for precision in precisions:
                 for variant, options, method_options, env in variants:
                     specs.append({"backbone": backbone, "method": method, "family": FAMILY,

@@ -23,7 +23,8 @@ Measure how fast and how light the project is, and score it against its targets
            method (ScanObjectNN-family geometry, batch 32; on CUDA also bf16), one fresh process
            each; on the CPU peak memory twice: RSS (what the process holds, the C allocator's
            kept heap included) and live tensors of one profiled step (what a GPU's peak
-           counts); Point-PEFT also with each memory lever switched off; on the CPU beside the
+           counts); Point-PEFT also with each memory lever switched off, and in a full CPU
+           run full and Point-PEFT also on 4 KiB pages (huge pages off); on the CPU beside the
            official code's reference figures (results/reference/official_cpu_speed.csv; the
            ratio only on the CPU they name and their thread count: the file names its CPU
            without family / model / vector ISA, which a run names, so no ratio today)
