@@ -260,7 +260,6 @@ def test_point_peft_runs_under_bf16_autocast_train_and_eval():
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-
 def _huge_pages_in_fresh_process(prelude: str, env_value: str | None) -> tuple[str, int]:
     """(THP_MEM_ALLOC_ENABLE as the process ends up with it, KiB of a written 16 MiB CPU tensor on
     transparent huge pages, from /proc/self/smaps) in a fresh interpreter that runs ``prelude``

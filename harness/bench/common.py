@@ -157,6 +157,18 @@ class OpCounter(TorchDispatchMode):
 
 # ------------------------------------------------------------------ environment
 
+def random_memory_bank(model: torch.nn.Module, columns: int) -> str | None:
+    """Give a model that has a memory bank (Point-PEFT) a random one: (query_dim, columns),
+    unit-norm columns, from torch's global generator, as ``harness.memory_bank`` builds one from
+    the training set (one column per training sample). Returns a note naming it, or None when
+    the model has no bank."""
+    if not hasattr(model, "set_memory_bank"):
+        return None
+    dim = int(getattr(model, "query_dim"))
+    model.set_memory_bank(torch.nn.functional.normalize(torch.randn(dim, columns), dim=0))
+    return f"random memory bank ({dim} x {columns})"
+
+
 def device_name(device: str) -> str:
     """The device as reports name it: the GPU's name, or the CPU's (``cpu_name``)."""
     if device == "cuda":

@@ -100,7 +100,7 @@ def measure_epoch(spec: dict) -> dict:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from harness.bench.common import PeakRSS, sync
+    from harness.bench.common import PeakRSS, random_memory_bank, sync
     from harness.data import build_dataset
     from harness.data.transforms import point_all_for, sample_points, scale_and_translate
     from harness.train import adamw, compile_model
@@ -118,11 +118,7 @@ def measure_epoch(spec: dict) -> dict:
         raise ValueError(f"--epoch-samples {len(ds)} is less than one batch of {spec['batch']}")
     model = build_model(spec["backbone"], NUM_CLASSES, method=spec["method"], family="scan",
                         method_options=spec["method_options"] or None, **spec["backbone_options"])
-    notes = []
-    if hasattr(model, "set_memory_bank"):
-        dim = int(model.query_dim)
-        model.set_memory_bank(F.normalize(torch.randn(dim, PB_T50_RS_TRAIN), dim=0))
-        notes.append(f"random memory bank ({dim} x {PB_T50_RS_TRAIN})")
+    notes = [n for n in [random_memory_bank(model, PB_T50_RS_TRAIN)] if n]
     model.to(device).train()
     fwd = compile_model(model) if spec["compile"] else model
     opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)

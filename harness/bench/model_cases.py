@@ -153,7 +153,7 @@ def measure_one(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from harness.bench.common import OpCounter, PeakRSS, sync, tensor_peak_bytes
+    from harness.bench.common import OpCounter, PeakRSS, random_memory_bank, sync, tensor_peak_bytes
     from harness.params import count_params
     from harness.train import adamw
     from models import ops
@@ -166,12 +166,7 @@ def measure_one(spec: dict) -> dict:
     model = build_model(spec["backbone"], spec["num_classes"], method=spec["method"], family=spec["family"],
                         method_options=spec.get("method_options") or None, **spec.get("backbone_options", {}))
     counts = count_params(model)
-    notes = []
-    if hasattr(model, "set_memory_bank"):
-        dim = int(getattr(model, "query_dim"))
-        bank = F.normalize(torch.randn(dim, spec["bank_columns"]), dim=0)
-        model.set_memory_bank(bank)
-        notes.append(f"random memory bank ({dim} x {spec['bank_columns']})")
+    notes = [n for n in [random_memory_bank(model, spec["bank_columns"])] if n]
     model.to(device)
     gen = torch.Generator().manual_seed(spec["seed"] + 1)
     b, n = spec["batch"], spec["npoints"]

@@ -59,6 +59,7 @@ def multiply_adds(backbone: str, method: str) -> tuple[float, float]:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
+    from harness.bench.common import random_memory_bank
     from models import layers
     from models.classifier import build_model, default_npoints
 
@@ -72,8 +73,7 @@ def multiply_adds(backbone: str, method: str) -> tuple[float, float]:
     for encode in (layers.MiniPointNet._encode, official_form):
         torch.manual_seed(0)
         model = build_model(backbone, 15, method=method, family="scan")
-        if hasattr(model, "set_memory_bank"):
-            model.set_memory_bank(F.normalize(torch.randn(int(model.query_dim), 64), dim=0))
+        random_memory_bank(model, 64)
         model.train()
         for enc in (m for m in model.modules() if isinstance(m, layers.MiniPointNet)):
             enc._encode = encode.__get__(enc)
@@ -108,14 +108,14 @@ def make_step(backbone: str, method: str, device: str, batch: int):
     import torch
     import torch.nn.functional as F
 
+    from harness.bench.common import random_memory_bank
     from harness.data.transforms import point_all_for, sample_points, scale_and_translate
     from harness.train import adamw
     from models.classifier import build_model, default_npoints
 
     torch.manual_seed(0)
     model = build_model(backbone, 15, method=method, family="scan")
-    if hasattr(model, "set_memory_bank"):
-        model.set_memory_bank(F.normalize(torch.randn(int(model.query_dim), 11416), dim=0))
+    random_memory_bank(model, 11416)
     model.to(device).train()
     opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
     npoints = default_npoints(backbone, "scan")
