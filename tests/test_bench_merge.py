@@ -185,6 +185,22 @@ def test_step_profile_reports_the_product_share_of_a_training_step_and_an_eval_f
         assert bound == pytest.approx(100 / (products + attention), rel=0.05), line
 
 
+def test_multiply_adds_count_the_frozen_query_encoder_and_the_frozen_stem(monkeypatch):
+    from harness.bench.step_profile import multiply_adds
+    from models import layers
+
+    # the same count whether the frozen layers would run oneDNN's inner product or F.linear
+    # (the counter sees only the latter), and the flag is left as it was
+    monkeypatch.setattr(layers, "_ONEDNN_LINEAR", True)
+    with_onednn = multiply_adds("point_bert", "point_peft")
+    assert layers._ONEDNN_LINEAR is True
+    monkeypatch.setattr(layers, "_ONEDNN_LINEAR", False)
+    assert multiply_adds("point_bert", "point_peft") == pytest.approx(with_onednn)
+    ours, official = with_onednn
+    # the frozen stem's encoder is counted in the official form too (more work than ours)
+    assert 5.0e9 < ours < official < 7.5e9, with_onednn
+
+
 def _valid():
     return report([epoch_entry("point_mae", "full", 8.0, 4 << 30)])
 

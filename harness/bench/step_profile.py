@@ -52,9 +52,12 @@ def multiply_adds(backbone: str, method: str) -> tuple[float, float]:
     """Multiply-adds per cloud of one training step (forward and backward, batch 2, CPU, counted by
     ``torch.utils.flop_counter``): (this project's model, the same model with its patch encoders
     in the official form). The official ``Encoder`` runs the second stage's first 1x1 conv on
-    [global; local] for every point; ``MiniPointNet._encode`` runs the global half once per
-    group (same maths). Other differences from the official code (its Point-PEFT's query
-    encoder, say) are not counted."""
+    [global; local] for every point; ``MiniPointNet._encode`` (and ``_encode_frozen``, a frozen
+    stem's) runs the global half once per group (same maths). Products that run through oneDNN's
+    inner product where no gradient is needed (Point-PEFT's frozen query encoder) are counted as
+    the ``F.linear`` they equal. Other differences from the official code (its Point-PEFT's query
+    encoder re-groups the cloud and re-encodes the patches; ours reuses the backbone's) are not
+    counted."""
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
@@ -70,17 +73,24 @@ def multiply_adds(backbone: str, method: str) -> tuple[float, float]:
         return layers._channels_last(self.second_conv, feat.view(n * k, -1)).view(n, k, -1).max(dim=1).values
 
     counts = []
-    for encode in (layers.MiniPointNet._encode, official_form):
-        torch.manual_seed(0)
-        model = build_model(backbone, 15, method=method, family="scan")
-        random_memory_bank(model, 64)
-        model.train()
-        for enc in (m for m in model.modules() if isinstance(m, layers.MiniPointNet)):
-            enc._encode = encode.__get__(enc)
-        pts = torch.rand(2, default_npoints(backbone, "scan"), 3)
-        with FlopCounterMode(display=False) as counter:
-            F.cross_entropy(model(pts), torch.tensor([0, 1])).backward()
-        counts.append(counter.get_total_flops() / 2 / 2)   # 2 FLOPs per multiply-add, 2 clouds
+    onednn = layers._ONEDNN_LINEAR
+    # The counter knows ATen's products, not oneDNN's inner product, which ``layers.Linear`` runs
+    # where no gradient is needed (Point-PEFT's frozen query encoder): count those as F.linear.
+    layers._ONEDNN_LINEAR = False
+    try:
+        for official in (False, True):
+            torch.manual_seed(0)
+            model = build_model(backbone, 15, method=method, family="scan")
+            random_memory_bank(model, 64)
+            model.train()
+            for enc in (m for m in model.modules() if isinstance(m, layers.MiniPointNet)) if official else ():
+                enc._encode = enc._encode_frozen = official_form.__get__(enc)
+            pts = torch.rand(2, default_npoints(backbone, "scan"), 3)
+            with FlopCounterMode(display=False) as counter:
+                F.cross_entropy(model(pts), torch.tensor([0, 1])).backward()
+            counts.append(counter.get_total_flops() / 2 / 2)   # 2 FLOPs per multiply-add, 2 clouds
+    finally:
+        layers._ONEDNN_LINEAR = onednn
     return counts[0], counts[1]
 
 
