@@ -1,5 +1,7 @@
 """The speed / memory paths of models/layers.py give the numbers of the plain formulation.
 
+* ``layers.linear`` (the blocks' and patch encoders' products through oneDNN on the CPU) gives
+  ``F.linear``'s values and gradients, saving only what the needed gradients use;
 * MiniPointNet runs its 1x1 Conv1d layers as channels-last linears with the global half of the
   second stage computed per group (and in chunks without autograd): same values as the
   official Conv1d formulation, same gradients;
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from models import layers
 from models.classifier import build_model
 from models.errors import ConfigError
 from models.layers import DropPath, Linear, MiniPointNet, set_recompute
@@ -112,12 +115,62 @@ def test_blocks_linear_without_autograd_matches_nn_linear_and_keeps_hooks():
         wide = Linear(8, 4).double()  # other dtypes: the plain kernel
         xd = torch.randn(3, 8, dtype=torch.float64)
         assert torch.equal(wide(xd), F.linear(xd, wide.weight, wide.bias))
-    with_grad = layer(x.requires_grad_())  # training: the plain kernel, autograd intact
-    assert with_grad.grad_fn is not None and torch.equal(with_grad, F.linear(x, layer.weight, layer.bias))
+    with_grad = layer(x.requires_grad_())  # training: autograd intact (see the next test)
+    assert with_grad.grad_fn is not None
+    torch.testing.assert_close(with_grad, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
     layer.register_forward_hook(lambda m, args, out: out * 2)  # PEFT methods hook the blocks' linears
     with torch.no_grad():
         assert torch.equal(layer(x), 2 * fast)
     assert isinstance(layer, nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
+
+
+def _saved_tensors(fn):
+    """The tensors autograd saves for backward while ``fn()`` runs, and its result."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fn()
+    return saved, out
+
+
+@pytest.mark.parametrize("needs", ["input", "weight", "both", "bias only"])
+def test_linear_training_path_gives_f_linear_values_and_gradients_and_saves_what_they_need(needs):
+    torch.manual_seed(0)
+    x = torch.randn(65, 4, 384).transpose(0, 1)  # (4, 65, 384), strided rows
+    weight, bias = torch.randn(1536, 384) / 20, torch.randn(1536)
+    x.requires_grad_(needs in ("input", "both"))
+    weight.requires_grad_(needs in ("weight", "both"))
+    bias.requires_grad_(True)
+    grad_out = torch.randn(4, 65, 1536)
+    results = []
+    for fn in (lambda: layers.linear(x, weight, bias), lambda: F.linear(x, weight, bias)):
+        saved, out = _saved_tensors(fn)
+        grads = torch.autograd.grad(out, [t for t in (x, weight, bias) if t.requires_grad], grad_out)
+        results.append((out.detach(), grads, saved))
+    (out, grads, saved), (ref, ref_grads, _) = results
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert len(grads) == len(ref_grads)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-4 * r.abs().max().item(), rtol=1e-4)
+    # a frozen weight keeps no input, a frozen input keeps no weight (as autograd does for F.linear)
+    big = [t for t in saved if t.numel() == x.numel()]
+    heavy = [t for t in saved if t.numel() == weight.numel()]
+    assert (len(big) > 0) == (needs in ("weight", "both")), [tuple(t.shape) for t in saved]
+    assert (len(heavy) > 0) == (needs in ("input", "both")), [tuple(t.shape) for t in saved]
+
+
+def test_linear_output_may_change_in_place_and_the_plain_kernel_takes_over_when_onednn_is_off(monkeypatch):
+    torch.manual_seed(0)
+    x, weight = torch.randn(3, 7, 16, requires_grad=True), torch.randn(8, 16, requires_grad=True)
+    shift = torch.randn(3, 1, 8)
+    out = layers.linear(x, weight).add_(shift)  # MiniPointNet adds the per-group half in place
+    out.square().sum().backward()
+    ref_x, ref_w = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    F.linear(ref_x, ref_w).add_(shift).square().sum().backward()
+    torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(weight.grad, ref_w.grad, atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(layers, "_ONEDNN_LINEAR", False)
+    assert torch.equal(layers.linear(x, weight), F.linear(x, weight))
+    assert layers.linear(x, weight).grad_fn.name() != "_InnerProductBackward"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
