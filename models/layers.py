@@ -84,76 +84,102 @@ def set_recompute(model: nn.Module, mode: str) -> nn.Module:
 
 
 def _onednn_linear_available() -> bool:
+    """Whether oneDNN's inner product runs here (asked once, on the first ``linear`` call)."""
     try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except Exception:  # noqa: BLE001 - a build without the op
+        if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+            return False
+        out = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 3), torch.ones(4, 3), torch.ones(4), "none", [], "")
+        return bool(torch.equal(out, torch.full((2, 4), 4.0)))
+    except Exception:  # noqa: BLE001 - a build or CPU without the op
         return False
 
 
-_ONEDNN_LINEAR = _onednn_linear_available()
+# None until the first call asks; tests and the bench's multiply-add count set it to False
+_ONEDNN_LINEAR: bool | None = None
+
+
+def _onednn_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``linear`` takes oneDNN for this call: float32 dense CPU tensors of matching shapes
+    (bias 1-D and contiguous, or None), outside autocast and ``torch.compile``, oneDNN available.
+    Anything else (including what ``F.linear`` rejects) goes to ``F.linear``."""
+    global _ONEDNN_LINEAR
+    if not (x.dtype == weight.dtype == torch.float32 and x.device.type == weight.device.type == "cpu"
+            and x.layout == weight.layout == torch.strided and weight.dim() == 2 and x.dim() >= 1
+            and x.shape[-1] == weight.shape[1] and weight.shape[0] > 0 and x.numel() > 0
+            and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu"
+                                  and bias.layout == torch.strided and bias.dim() == 1
+                                  and bias.shape[0] == weight.shape[0] and bias.is_contiguous()))
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+        return False
+    if _ONEDNN_LINEAR is None:
+        _ONEDNN_LINEAR = _onednn_linear_available()
+    return _ONEDNN_LINEAR
 
 
 def _inner_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """oneDNN's inner product ``x @ weight.T + bias`` (bias in its epilogue), or None when this
-    CPU or build refuses it (then ``linear`` takes ``F.linear`` from now on)."""
-    global _ONEDNN_LINEAR
+    """oneDNN's inner product ``x @ weight.T + bias`` (bias in its epilogue) for inputs that
+    ``_onednn_fits``, or None if oneDNN refuses this call (the caller takes ``F.linear``)."""
     try:
         return torch.ops.mkldnn._linear_pointwise(x, weight if weight.is_contiguous() else weight.contiguous(),
                                                   bias, "none", [], "")
     except RuntimeError:
-        _ONEDNN_LINEAR = False
         return None
 
 
 class _InnerProduct(torch.autograd.Function):
-    """``F.linear`` on 2-D input (rows, in) with oneDNN's inner product for the output and the
-    input gradient; the weight gradient stays MKL's GEMM (oneDNN's is faster for the blocks'
-    10^3 rows but up to 1.8x slower for the patch encoders' 10^4-10^6). Saves what the needed
-    gradients use, as autograd does for ``F.linear``: the input only when the weight needs a
-    gradient, the weight only when the input does."""
+    """``F.linear`` with oneDNN's inner product for the output and the input gradient; the
+    weight gradient stays MKL's GEMM (oneDNN's is faster for the blocks' 10^3 rows but up to
+    1.8x slower for the patch encoders' 10^4-10^6). Saves what the needed gradients use, as
+    autograd does for ``F.linear``: the input only when the weight needs a gradient, the weight
+    only when the input does. The output is no view (callers change it in place: an in-place op
+    on a view would cost a copy in backward)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         need_x, need_w, _ = ctx.needs_input_grad
         ctx.save_for_backward(x if need_w else None, weight if need_x else None)
         ctx.has_bias = bias is not None
-        out = _inner_product(x, weight, bias)
-        return F.linear(x, weight, bias) if out is None else out
+        out = _inner_product(x.reshape(-1, x.shape[-1]), weight, bias)
+        if out is None:
+            out = F.linear(x, weight, bias)
+            return out.clone() if out._is_view() else out
+        if x.dim() == 2:
+            return out
+        # (rows, out) -> (..., out) on the same storage, not as a view of it
+        return out.new_empty(0).set_(out.untyped_storage(), out.storage_offset(), (*x.shape[:-1], out.shape[-1]))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
+        grad2 = grad.reshape(-1, grad.shape[-1])
         grad_x = grad_w = grad_b = None
         if need_x:
-            grad_x = _inner_product(grad, weight.t(), None) if _ONEDNN_LINEAR else None
-            grad_x = grad.mm(weight) if grad_x is None else grad_x
+            grad_x = _inner_product(grad2, weight.t(), None)
+            grad_x = (grad2.mm(weight) if grad_x is None else grad_x).view(*grad.shape[:-1], weight.shape[1])
         if need_w:
-            grad_w = grad.t().mm(x)
+            grad_w = grad2.t().mm(x.reshape(-1, x.shape[-1]))
         if need_b and ctx.has_bias:
-            grad_b = grad.sum(0)
+            grad_b = grad2.sum(0)
         return grad_x, grad_w, grad_b
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: x (..., in), weight (out, in), bias (out,) or None ->
     (..., out). For float32 on the CPU (outside autocast and ``torch.compile``, whose CPU backend
-    packs the weights itself) the output, and in backward the input gradient, come from oneDNN's
-    inner product (AVX-512 wherever the CPU has it; MKL's GEMM takes its AVX2 path on AMD CPUs):
-    on an AMD EPYC (family 26, AVX-512, 2 threads) 1.6-2.2x faster than ``F.linear`` for the
-    blocks' and patch encoders' products, the input gradient 1.6-2x; a full fine-tuning training
-    step (batch 32) 1.24x / 1.32x / 1.10x as fast on Point-MAE / Point-BERT / Point-M2AE, Point-PEFT's
-    1.26x / 1.29x / 1.05x. The same sums in another
-    order (~1e-6 relative). Otherwise, or where oneDNN refuses, ``F.linear``. Not twice
-    differentiable on the oneDNN path."""
-    if (_ONEDNN_LINEAR and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
-            and x.numel() and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+    packs the weights itself; ``_onednn_fits``) the output, and in backward the input gradient,
+    come from oneDNN's inner product (AVX-512 wherever the CPU has it; MKL's GEMM takes its AVX2
+    path on AMD CPUs): on an AMD EPYC (family 26, AVX-512, 2 threads) 1.6-2.2x faster than
+    ``F.linear`` for the blocks' and patch encoders' products, the input gradient 1.6-2x; a full
+    fine-tuning training step (batch 32) 1.24x / 1.32x / 1.10x as fast on Point-MAE / Point-BERT
+    / Point-M2AE, Point-PEFT's 1.26x / 1.29x / 1.05x. The same sums in another order (~1e-6
+    relative). Otherwise, or where oneDNN refuses a call, ``F.linear``. On the oneDNN path: not
+    twice differentiable (a clear error), no forward-mode AD (``torch.func.jvp``)."""
+    if _onednn_fits(x, weight, bias):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad)):
-            # 2-D in and out: the output is no view, so callers may change it in place
-            out = _InnerProduct.apply(x.reshape(-1, x.shape[-1]), weight, bias)
-            return out.view(*x.shape[:-1], out.shape[-1])
+            return _InnerProduct.apply(x, weight, bias)
         out = _inner_product(x, weight, bias)
         if out is not None:
             return out
@@ -321,7 +347,7 @@ class MiniPointNet(nn.Module):
     token-merging levels use MiniPointNet(c, c, c, d, d). Input (B, G, K, C_in) -> (B, G, out).
 
     The official layers are 1x1 ``Conv1d`` on (groups, channels, points) and keep those
-    parameter names and shapes; the forward runs them as ``F.linear`` on channels-last
+    parameter names and shapes; the forward runs them as linears (``linear``) on channels-last
     (groups * points, channels) rows, which is the same maths (float rounding aside, ~1e-6) and
     2-4x faster on the CPU, backward included (mkldnn's 1x1 convolution backward is slow).
     BatchNorm normalises over the same groups * points values per channel. The second stage's

@@ -147,6 +147,8 @@ def test_linear_training_path_gives_f_linear_values_and_gradients_and_saves_what
         grads = torch.autograd.grad(out, [t for t in (x, weight, bias) if t.requires_grad], grad_out)
         results.append((out.detach(), grads, saved))
     (out, grads, saved), (ref, ref_grads, _) = results
+    if layers._onednn_linear_available():
+        assert layers.linear(x, weight, bias).grad_fn.name() == "_InnerProductBackward"
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert len(grads) == len(ref_grads)
     for g, r in zip(grads, ref_grads):
@@ -168,9 +170,26 @@ def test_linear_output_may_change_in_place_and_the_plain_kernel_takes_over_when_
     F.linear(ref_x, ref_w).add_(shift).square().sum().backward()
     torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(weight.grad, ref_w.grad, atol=1e-4, rtol=1e-4)
+    if layers._onednn_linear_available():  # the fast path was taken, and leaves no view to copy back
+        assert out.grad_fn.name() == "AddBackward0"
+        assert layers.linear(x, weight).grad_fn.name() == "_InnerProductBackward"
     monkeypatch.setattr(layers, "_ONEDNN_LINEAR", False)
     assert torch.equal(layers.linear(x, weight), F.linear(x, weight))
     assert layers.linear(x, weight).grad_fn.name() != "_InnerProductBackward"
+
+
+def test_linear_gives_f_linears_answer_for_what_onednn_does_not_take_and_stays_on():
+    torch.manual_seed(0)
+    x, weight = torch.randn(5, 16), torch.randn(8, 16)
+    for bias in (torch.randn(16)[::2], torch.tensor(0.5), torch.randn(1), torch.randn(1, 8)):
+        torch.testing.assert_close(layers.linear(x, weight, bias), F.linear(x, weight, bias))
+    torch.testing.assert_close(layers.linear(x.double(), weight.double()), F.linear(x.double(), weight.double()))
+    for bad in (torch.randn(8, 15), torch.randn(0, 15)):  # F.linear's own error for a shape mismatch
+        with pytest.raises(RuntimeError):
+            layers.linear(x, bad)
+    if layers._onednn_linear_available():  # none of those turned the fast path off for later calls
+        assert layers._ONEDNN_LINEAR is True
+        assert layers.linear(x.requires_grad_(), weight).grad_fn.name() == "_InnerProductBackward"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

@@ -54,8 +54,8 @@ def multiply_adds(backbone: str, method: str) -> tuple[float, float]:
     in the official form). The official ``Encoder`` runs the second stage's first 1x1 conv on
     [global; local] for every point; ``MiniPointNet._encode`` (and ``_encode_frozen``, a frozen
     stem's) runs the global half once per group (same maths). Products that run through oneDNN's
-    inner product where no gradient is needed (Point-PEFT's frozen query encoder) are counted as
-    the ``F.linear`` they equal. Other differences from the official code (its Point-PEFT's query
+    inner product (``models.layers.linear``: float32 linears on the CPU, forward and input
+    gradient) are counted as the ``F.linear`` they equal. Other differences from the official code (its Point-PEFT's query
     encoder re-groups the cloud and re-encodes the patches; ours reuses the backbone's) are not
     counted."""
     import torch
@@ -74,8 +74,8 @@ def multiply_adds(backbone: str, method: str) -> tuple[float, float]:
 
     counts = []
     onednn = layers._ONEDNN_LINEAR
-    # The counter knows ATen's products, not oneDNN's inner product, which ``layers.Linear`` runs
-    # where no gradient is needed (Point-PEFT's frozen query encoder): count those as F.linear.
+    # The counter knows ATen's products, not oneDNN's inner product, which ``layers.linear`` runs
+    # for float32 CPU linears: count those as the F.linear they equal.
     layers._ONEDNN_LINEAR = False
     try:
         for official in (False, True):
