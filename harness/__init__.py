@@ -11,10 +11,11 @@ took 0.26 s. PyTorch reads the variable once, at the process's first CPU allocat
 reaches every process that imports the harness before allocating a tensor (``run_all.py``, the
 bench's measuring processes, SLURM jobs, data-loader workers), and a process that allocated
 tensors before importing it keeps 4 KiB pages. On the CPU (bench models cases, batch 32, 2
-threads) full fine-tuning trained as fast or up to 1.38x as fast with it (Point-M2AE), Point-PEFT's
-peak RSS fell by about a fifth and its step time moved within the run-to-run noise, with the same
-values (README, "Speed and memory"). Where the kernel's transparent huge pages are ``never`` it
-changes nothing.
+threads) full fine-tuning trained as fast or up to 1.38x as fast with it (Point-M2AE; 1.29x once
+the products ran through oneDNN), Point-PEFT's step time moved within the run-to-run noise, with
+the same values; Point-PEFT's peak RSS fell by about a fifth in the first measurements and moved
+by -3% to +4% in the later bench (README, "Speed and memory"). Where the kernel's transparent
+huge pages are ``never`` it changes nothing.
 """
 import os
 
