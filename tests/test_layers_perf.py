@@ -206,17 +206,11 @@ def test_drop_path_is_timms_formula_bit_for_bit(dtype):
 
 
 def saved_bytes(model, pts) -> tuple[int, torch.Tensor]:
+    """Bytes of the distinct non-parameter storages autograd saves for backward in ``model(pts)``."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(pts)
-    return sum(seen.values()), out
+    saved, out = _saved_tensors(lambda: model(pts))
+    seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
+    return sum(n for ptr, n in seen.items() if ptr not in params), out
 
 
 @pytest.mark.filterwarnings("ignore:Point-PEFT ran without a memory bank")

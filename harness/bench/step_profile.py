@@ -15,8 +15,9 @@ Not part of the scored bench. Prints, for one device:
   in the attention kernel, and the multiply-adds of a training step per cloud beside those of
   the official patch-encoder form (``multiply_adds``). Those products are the same
   multiply-adds in any implementation of the same network, so the rest of the step bounds what
-  code changes can gain at the same numerics: with products a share s of the step, removing
-  everything else makes it 1 / s as fast.
+  code outside them can gain at the same numerics: with products a share s of the step,
+  removing everything else makes it 1 / s as fast. (The products themselves run at the speed
+  of the library doing them: ``models.layers.linear`` takes oneDNN's inner product on the CPU.)
 
 Example (a GPU node): ``python -m harness.bench.step_profile --backbone point_mae --profile``.
 """
@@ -55,9 +56,9 @@ def multiply_adds(backbone: str, method: str) -> tuple[float, float]:
     [global; local] for every point; ``MiniPointNet._encode`` (and ``_encode_frozen``, a frozen
     stem's) runs the global half once per group (same maths). Products that run through oneDNN's
     inner product (``models.layers.linear``: float32 linears on the CPU, forward and input
-    gradient) are counted as the ``F.linear`` they equal. Other differences from the official code (its Point-PEFT's query
-    encoder re-groups the cloud and re-encodes the patches; ours reuses the backbone's) are not
-    counted."""
+    gradient) are counted as the ``F.linear`` they equal. Other differences from the official
+    code (its Point-PEFT's query encoder re-groups the cloud and re-encodes the patches; ours
+    reuses the backbone's) are not counted."""
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
