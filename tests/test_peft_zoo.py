@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 from conftest import REFERENCE
 from models.classifier import build_model
+from models.errors import ConfigError
 from models.peft import registry
 from models.peft.adapter_io import load_adapter, save_adapter
-from models.peft.lora import LoRALinear
+from models.peft.lora import LoRALinear, lora_linear
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -214,6 +215,26 @@ def test_lora_merge_keeps_logits_and_removes_overhead():
     assert sorted(model.state_dict()) == sorted(plain.state_dict())
 
 
+def test_lora_keeps_the_blocks_product_path_before_and_after_merge(monkeypatch):
+    from models import layers
+    model = build_model("point_mae", 15, method="lora", method_options={"rank": 4}, **SMALL)
+    calls = []
+    fast = layers.linear
+    monkeypatch.setattr(layers, "linear", lambda x, w, b=None: calls.append(w.shape) or fast(x, w, b))
+    qkv = model.blocks.blocks[0].attn.qkv
+    x = torch.randn(2, 5, qkv.in_features, requires_grad=True)
+    out = qkv(x)  # the frozen W x + b goes through layers.linear (oneDNN on the CPU), LoRA adds BA x
+    ref = F.linear(x, qkv.weight, qkv.bias) + x @ qkv.lora_A.t() @ qkv.lora_B.t() * qkv.scaling
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert calls == [qkv.weight.shape]
+    model.merge()
+    assert type(qkv) is layers.Linear and set(qkv.state_dict()) == {"weight"}  # no qkv bias
+    qkv(x)
+    assert len(calls) == 2
+    with pytest.raises(ConfigError, match="plain linear layer"):
+        lora_linear(model.cls_head_finetune, 4, 4.0, 0.0)
+
+
 @pytest.mark.parametrize("backbone", ["point_bert", "point_m2ae"])
 def test_baselines_run_on_every_backbone(backbone):
     methods = [m for m in ZOO_METHODS if registry.get(m).supports(backbone)]
@@ -231,7 +252,6 @@ def test_baselines_run_on_every_backbone(backbone):
 
 
 def test_unsupported_backbone_is_one_line_error():
-    from models.errors import ConfigError
     with pytest.raises(ConfigError, match="method 'idpt' has no recipe for backbone 'point_m2ae'"):
         build_model("point_m2ae", 15, method="idpt")
     with pytest.raises(ConfigError, match="dapt option head_tokens"):

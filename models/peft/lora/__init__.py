@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from models.errors import ConfigError
+from models.layers import Linear
 from models.peft.base import HEAD_AND_CLS, Method, mark_trainable, name_has, parse_options
 from models.peft.shared import blocks
 
@@ -39,8 +40,9 @@ class LoRAOptions:
             raise ConfigError(f"lora option dropout={self.dropout} is invalid: expected a probability in [0, 1)")
 
 
-class LoRALinear(nn.Linear):
-    """An ``nn.Linear`` (class swapped in place) with a low-rank update ``lora_B @ lora_A``."""
+class LoRALinear(Linear):
+    """A block's ``models.layers.Linear`` (class swapped in place) with a low-rank update
+    ``lora_B @ lora_A``; the frozen product keeps that layer's ``linear`` (oneDNN on the CPU)."""
 
     scaling: float
     lora_dropout: float
@@ -52,13 +54,15 @@ class LoRALinear(nn.Linear):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the update into ``weight``; become a plain ``nn.Linear`` again."""
+        """Fold the update into ``weight``; become the block's plain ``Linear`` again."""
         self.weight += (self.lora_B @ self.lora_A).to(self.weight.dtype) * self.scaling
         del self.lora_A, self.lora_B
-        self.__class__ = nn.Linear
+        self.__class__ = Linear
 
 
 def lora_linear(linear: nn.Linear, rank: int, alpha: float, dropout: float) -> LoRALinear:
+    if type(linear) not in (Linear, nn.Linear):
+        raise ConfigError(f"lora can adapt only a plain linear layer, not a {type(linear).__name__}")
     linear.__class__ = LoRALinear
     linear.lora_A = nn.Parameter(torch.empty(rank, linear.in_features))
     linear.lora_B = nn.Parameter(torch.zeros(linear.out_features, rank))
